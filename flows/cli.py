@@ -1,0 +1,186 @@
+"""`sift-curate`: the command line. Each verb runs one Prefect flow.
+
+Without PREFECT_API_URL each flow runs against a temporary local Prefect server whose
+state lives in <workspace>/.prefect; with it, runs show up in that server's UI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Data curation for LLM fine-tuning: embed a corpus with Ray, index it with faiss, "
+    "select data with SIFT, write results to DuckDB. Each command runs a Prefect flow.",
+)
+
+Workspace = Annotated[
+    str | None,
+    typer.Option("--workspace", "-w", envvar="SIFT_WORKSPACE",
+                 help="Workspace folder (corpora, indices, curation.duckdb). "
+                 "Default: $SIFT_WORKSPACE or ./workspace."),
+]
+RunId = Annotated[
+    str | None,
+    typer.Option(help="Run id for the runs table; default: derived from the parameters, so "
+                 "rerunning the same job replaces its rows."),
+]
+
+
+def _setup(workspace: str | None) -> str:
+    from flows.settings import configure
+
+    configure(workspace)
+    import os
+
+    return os.environ["SIFT_WORKSPACE"]
+
+
+def _show(result: dict) -> None:
+    from rich.console import Console
+
+    slim = {k: v for k, v in result.items() if k not in ("report", "new_shards")}
+    Console(stderr=True).print_json(json.dumps(slim, default=str))
+
+
+@app.command()
+def sample(
+    out: Annotated[Path | None, typer.Option(help="Output folder. Default: <workspace>/sample")]
+    = None,
+    n_docs: Annotated[int | None, typer.Option(help="Corpus documents (default: the full "
+                                               "~3,400-document sample)")] = None,
+    n_queries: Annotated[int, typer.Option(help="Held-out prompts to write")] = 64,
+    pool_size: Annotated[int, typer.Option(help="Instruction pool items")] = 1200,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
+    workspace: Workspace = None,
+) -> None:
+    """Build the bundled mini-Pile (.jsonl.zst), held-out prompts and an instruction pool."""
+    ws = _setup(workspace)
+    from flows.sample import sample_flow
+
+    target = str(out or Path(ws) / "sample")
+    _show(sample_flow(out=target, n_docs=n_docs, n_queries=n_queries, pool_size=pool_size,
+                      seed=seed))
+
+
+@app.command()
+def embed(
+    corpus: Annotated[str, typer.Option(help="Pile-format input: a .jsonl[.gz|.zst] or .parquet "
+                                        "file, a folder of them, or a glob")],
+    name: Annotated[str, typer.Option(help="Corpus name (folder under <workspace>/corpora)")],
+    model: Annotated[str | None, typer.Option(help="Local Hugging Face encoder folder. "
+                                              "Default: bundled all-MiniLM-L6-v2")] = None,
+    batch_size: Annotated[int, typer.Option(help="Chunks per encoder forward pass")] = 64,
+    max_tokens: Annotated[int | None, typer.Option(help="Chunk length in tokens (default and "
+                                                   "maximum: the encoder's)")] = None,
+    shard_docs: Annotated[int, typer.Option(help="Input lines per Parquet shard (fixed for a "
+                                            "corpus: resuming relies on it)")] = 2000,
+    actors: Annotated[int, typer.Option(help="Max encoder actors (Ray autoscales 1..N)")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per encoder actor (0: CPU)")] = 0.0,
+    run_id: RunId = None,
+    workspace: Workspace = None,
+) -> None:
+    """Chunk and embed a corpus into Parquet shards with Ray Data (resumable)."""
+    ws = _setup(workspace)
+    from flows.embed import embed_flow
+
+    _show(embed_flow(corpus=corpus, name=name, workspace=ws, model=model,
+                     batch_size=batch_size, max_tokens=max_tokens, shard_docs=shard_docs,
+                     actors=actors, gpus_per_actor=gpus_per_actor, run_id=run_id))
+
+
+@app.command()
+def index(
+    name: Annotated[str, typer.Option(help="Corpus name")],
+    factory: Annotated[str, typer.Option(help="faiss index_factory string, inner product "
+                                         "(e.g. Flat, IVF256,Flat, IVF1024,PQ32, HNSW32)")]
+    = "Flat",
+    train_size: Annotated[int, typer.Option(help="Vectors sampled to train IVF/PQ once")]
+    = 50_000,
+    rebuild: Annotated[bool, typer.Option(help="Drop existing shard indices first")] = False,
+    run_id: RunId = None,
+    workspace: Workspace = None,
+) -> None:
+    """Build one faiss index per embedding shard (GPU faiss when available)."""
+    ws = _setup(workspace)
+    from flows.index import index_flow
+
+    _show(index_flow(name=name, workspace=ws, factory=factory, train_size=train_size,
+                     rebuild=rebuild, run_id=run_id))
+
+
+@app.command()
+def select(
+    name: Annotated[str, typer.Option(help="Corpus name")],
+    queries: Annotated[str, typer.Option(help="Prompts: JSONL with text (+query_id) or a "
+                                         "text file, one prompt per line")],
+    k: Annotated[int, typer.Option(help="Candidates retrieved per prompt")] = 200,
+    n: Annotated[int, typer.Option(help="Chunks selected per prompt")] = 50,
+    lam: Annotated[float, typer.Option(help="SIFT regulariser lambda > 0 (larger allows "
+                                       "more repeats)")] = 0.01,
+    strategy: Annotated[str, typer.Option(help="sift | nn | random")] = "sift",
+    seed: Annotated[int, typer.Option(help="Seed for the random strategy")] = 0,
+    min_gain: Annotated[float | None, typer.Option(help="Stop a prompt's selection when the "
+                                                   "variance reduction falls below this")]
+    = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF cells probed per search")] = None,
+    run_id: RunId = None,
+    workspace: Workspace = None,
+) -> None:
+    """Select data for each prompt (SIFT, nearest neighbours or random) into DuckDB."""
+    ws = _setup(workspace)
+    from flows.select import select_flow
+
+    _show(select_flow(name=name, queries=queries, workspace=ws, k=k, n=n, lam=lam,
+                      strategy=strategy, seed=seed, min_gain=min_gain, nprobe=nprobe,
+                      run_id=run_id))
+
+
+@app.command()
+def demo(
+    workspace: Workspace = None,
+    k: Annotated[int, typer.Option(help="Candidates per prompt")] = 200,
+    n: Annotated[int, typer.Option(help="Chunks selected per prompt")] = 50,
+    lam: Annotated[float, typer.Option(help="SIFT lambda")] = 0.01,
+    n_docs: Annotated[int | None, typer.Option(help="Smaller sample for a quick look")] = None,
+    n_queries: Annotated[int, typer.Option(help="Held-out prompts")] = 64,
+) -> None:
+    """The whole path on the bundled sample: sample, embed, index, select (sift and nn)."""
+    ws = _setup(workspace)
+    from flows.demo import demo_flow
+
+    demo_flow(workspace=ws, k=k, n=n, lam=lam, n_docs=n_docs, n_queries=n_queries)
+
+
+@app.command()
+def sql(
+    statement: Annotated[str, typer.Argument(help="SQL to run read-only on curation.duckdb")],
+    workspace: Workspace = None,
+) -> None:
+    """Run a read-only SQL query on the workspace's curation.duckdb and print the rows."""
+    ws = _setup(workspace)
+    from flows.demo import format_rows
+    from tasks import db
+    from tasks.workspace import db_path
+
+    with db.connect(db_path(ws), read_only=True) as con:
+        cur = con.execute(statement)
+        cols = [d[0] for d in cur.description]
+        print(format_rows(cols, cur.fetchall()))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Flow: embed a Pile-format corpus into Parquet shards with Ray Data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
+
+from tasks import artifacts, db
+from tasks.embed import EmbedConfig, run_embedding
+from tasks.runs import make_run_id, tracked_run
+from tasks.workspace import CorpusPaths, db_path
+
+
+@task(name="embed-shards", persist_result=False, cache_policy=NO_CACHE)
+def embed_shards(corpus: str, workspace: str | None, name: str, cfg: EmbedConfig) -> dict:
+    logger = get_run_logger()
+    paths = CorpusPaths(workspace, name)
+    bar = tqdm(desc=f"embed {name}", unit="shard", file=sys.stderr, dynamic_ncols=True)
+    totals = {"chunks": 0, "bad": 0}
+
+    def progress(row: dict) -> None:
+        totals["chunks"] += row["n_chunks"]
+        totals["bad"] += row["n_bad"]
+        bar.update(1)
+        bar.set_postfix(chunks=totals["chunks"], quarantined=totals["bad"])
+        logger.info(
+            "shard %s: %d docs -> %d chunks in %.1fs (%s lines %d-%d, %d quarantined)",
+            row["shard"], row["n_docs"], row["n_chunks"], row["seconds"], row["file"],
+            row["line_start"], row["line_end"], row["n_bad"],
+        )
+
+    try:
+        summary = run_embedding(corpus, paths, cfg, progress)
+    finally:
+        bar.close()
+    if summary["bad_lines_this_run"]:
+        logger.warning(
+            "%d bad input lines quarantined this run (%d in the corpus); see %s",
+            summary["bad_lines_this_run"], summary["bad_lines_total"], summary["quarantine"],
+        )
+    return summary
+
+
+@flow(name="embed", log_prints=True)
+def embed_flow(
+    corpus: str,
+    name: str,
+    workspace: str | None = None,
+    model: str | None = None,
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+    shard_docs: int = 2000,
+    actors: int = 1,
+    gpus_per_actor: float = 0.0,
+    run_id: str | None = None,
+) -> dict:
+    """Embed ``corpus`` (Pile JSONL[.gz|.zst] or Parquet files, a folder or a glob) into
+    ``<workspace>/corpora/<name>``; finished shards are skipped on rerun."""
+    cfg = EmbedConfig(model=model, batch_size=batch_size, max_tokens=max_tokens,
+                      shard_docs=shard_docs, actors=actors, gpus_per_actor=gpus_per_actor)
+    corpus = str(Path(corpus).expanduser().resolve()) if Path(corpus).exists() else corpus
+    params = {"corpus": corpus, "name": name, "model": model, "max_tokens": max_tokens,
+              "shard_docs": shard_docs}
+    rid = make_run_id("embed", params, run_id)
+    dbf = db_path(workspace)
+    with tracked_run(dbf, rid, "embed", params) as rec:
+        summary = embed_shards(corpus, workspace, name, cfg)
+        paths = CorpusPaths(workspace, name)
+        manifest = paths.load_manifest()
+        db.upsert_corpus(dbf, name, str(paths.root), manifest["model"], manifest["dim"],
+                         manifest["n_chunks"], manifest["created_at"])
+        new_shards = summary.pop("new_shards")
+        rec.summary = summary
+    artifacts.markdown(
+        f"embed-{name}",
+        f"# Embedded corpus `{name}`\n\n"
+        f"- model: `{manifest['model']}` ({manifest['dim']}-d, mean pooling, L2-normalised, "
+        f"max {manifest['max_tokens']} tokens per chunk)\n"
+        f"- shards: {summary['shards_total']} ({summary['shards_written']} written, "
+        f"{summary['shards_skipped']} already done)\n"
+        f"- documents: {summary['docs_total']}, chunks: {summary['chunks_total']}\n"
+        f"- quarantined lines: {summary['bad_lines_total']} (see `{summary['quarantine']}`)\n"
+        f"- this run: {summary['chunks_written']} chunks in {summary['seconds']:.1f} s "
+        f"({summary['chunks_per_s']:.1f} chunks/s)\n\n"
+        + artifacts.md_table([
+            {k: s[k] for k in ("shard", "n_docs", "n_chunks", "n_bad", "seconds")}
+            for s in new_shards[:50]
+        ]),
+        description=f"embedding run {rid}",
+    )
+    return {"run_id": rid, **summary}

@@ -1,0 +1,52 @@
+"""Flow: build one faiss index per embedding shard."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
+
+from sift_ops.index import DEFAULT_FACTORY
+from tasks import artifacts
+from tasks.index import build_indices
+from tasks.runs import make_run_id, tracked_run
+from tasks.workspace import CorpusPaths, db_path
+
+
+@task(name="build-shard-indices", persist_result=False, cache_policy=NO_CACHE)
+def build_shard_indices(workspace: str | None, name: str, factory: str, train_size: int,
+                        rebuild: bool) -> dict:
+    logger = get_run_logger()
+    paths = CorpusPaths(workspace, name)
+    bar = tqdm(desc=f"index {name}", unit="shard", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(row: dict) -> None:
+        bar.update(1)
+        logger.info("indexed %s: %d vectors in %.2fs", row["index"], row["ntotal"],
+                    row["seconds"])
+
+    try:
+        return build_indices(paths, factory, train_size=train_size, rebuild=rebuild,
+                             progress=progress)
+    finally:
+        bar.close()
+
+
+@flow(name="index", log_prints=True)
+def index_flow(name: str, workspace: str | None = None, factory: str = DEFAULT_FACTORY,
+               train_size: int = 50_000, rebuild: bool = False,
+               run_id: str | None = None) -> dict:
+    """Build ``<workspace>/corpora/<name>/index`` from the corpus' embedding shards."""
+    params = {"name": name, "factory": factory, "train_size": train_size}
+    rid = make_run_id("index", params, run_id)
+    with tracked_run(db_path(workspace), rid, "index", params) as rec:
+        summary = build_shard_indices(workspace, name, factory, train_size, rebuild)
+        rec.summary = summary
+    artifacts.markdown(
+        f"index-{name}",
+        f"# faiss index for `{name}`\n\n" + artifacts.md_table([summary]),
+        description=f"index run {rid}",
+    )
+    return {"run_id": rid, **summary}

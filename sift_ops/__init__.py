@@ -1,0 +1,1 @@
+"""sift_ops package."""

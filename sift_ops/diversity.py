@@ -1,0 +1,301 @@
+"""Diversity-based experimental design on embeddings: k-center greedy and facility location.
+
+* :func:`k_center_greedy` (coreset / farthest-first traversal, Gonzalez 1985): repeatedly add
+  the point farthest (Euclidean) from its nearest selected centre.  A 2-approximation of the
+  minimum covering radius.  O(budget * n * d) time, O(n) extra memory.
+* :func:`facility_location`: greedy maximisation of
+  ``f(S) = sum_i w_i * max_{j in S} sim(i, j)`` on a sparse kNN similarity graph (faiss
+  ``IndexFlatIP``, exact inner-product neighbours, searched in batches) with lazy greedy (a
+  priority queue of stale upper bounds, valid because f is submodular).  Memory
+  O(n * knn); the n x n similarity matrix is never formed.
+
+Similarities are inner products of the given embeddings (cosine similarity for the
+L2-normalised embeddings this project stores).  Negative similarities are clamped to 0:
+an item is never "represented" by an anti-correlated one, which keeps f monotone with
+f(empty set) = 0 and gains >= 0.  Only the ``knn`` most similar items of each item i
+(itself included) can represent i; the sparsified objective is
+``f_knn(S) = sum_i w_i * max(0, max_{j in S and j in kNN(i)} sim(i, j))``, a lower bound of
+the dense objective that equals it whenever i's best representative in S is among its
+``knn`` nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+__all__ = [
+    "covering_radius",
+    "facility_location",
+    "facility_location_objective",
+    "k_center_greedy",
+    "knn_graph",
+]
+
+DEFAULT_KNN = 64
+DEFAULT_SEARCH_BATCH = 4096
+
+
+def _to_tensor(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _to_numpy_f32(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- k-center
+
+
+def k_center_greedy(
+    emb: Any,
+    budget: int,
+    selected: Any | None = None,
+    *,
+    return_radii: bool = False,
+    first: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Farthest-first traversal (k-center greedy) in Euclidean distance.
+
+    Args:
+        emb: ``[n, d]`` embeddings (torch or numpy; computed in float32 on emb's device).
+        budget: number of NEW centres to pick (clipped to the number of unselected items).
+        selected: optional indices of already-selected items (e.g. the labelled set); they
+            count as centres from the start and are never returned.
+        return_radii: also return the covering radius after each pick.
+        first: the first centre when ``selected`` is empty; default: the item closest to
+            the mean embedding (deterministic, and a central item is a useful first label).
+
+    Returns:
+        ``order`` LongTensor ``[budget']`` of item indices in pick order, or
+        ``(order, radii)`` with ``radii[t] = max_i min_{c in centres after t+1 picks} ||x_i - c||``
+        (Euclidean, embedding units; for unit vectors ``sqrt(2 - 2 cos)``) if
+        ``return_radii``.  The radii never increase.
+    """
+    x = _to_tensor(emb)
+    if x.ndim != 2:
+        raise ValueError(f"emb must be [n, d], got {tuple(x.shape)}")
+    x = x.to(torch.float32)
+    n = x.shape[0]
+    dev = x.device
+    sq = (x * x).sum(dim=1)  # [n] squared norms
+    # min_sq[i]: squared distance of i to its nearest centre; -inf marks centres themselves
+    # so that they are never picked twice, even when every point is already covered.
+    min_sq = torch.full((n,), float("inf"), device=dev)
+
+    def update(c: int) -> None:
+        # ||x - c||^2 = |x|^2 + |c|^2 - 2 <x, c>; clamp the round-off below 0
+        d2 = (sq + sq[c] - 2.0 * (x @ x[c])).clamp_min_(0.0)
+        torch.minimum(min_sq, d2, out=min_sq)
+        min_sq[c] = float("-inf")
+
+    sel = []
+    if selected is not None:
+        sel = [int(i) for i in _to_tensor(selected).reshape(-1).tolist()]
+    with torch.no_grad():
+        if sel:
+            sel_t = torch.as_tensor(sel, device=dev, dtype=torch.long)
+            # distances to the initial centres in chunks: memory O(n * chunk), not O(n * |S|)
+            chunk = max(1, (1 << 24) // max(1, n))
+            for s in range(0, len(sel), chunk):
+                cs = sel_t[s : s + chunk]
+                d2 = (sq[:, None] + sq[cs][None, :] - 2.0 * (x @ x[cs].T)).clamp_min_(0.0)
+                torch.minimum(min_sq, d2.amin(dim=1), out=min_sq)
+            min_sq[sel_t] = float("-inf")
+        n_left = n - len(set(sel))
+        budget = max(0, min(int(budget), n_left))
+        order = torch.empty(budget, dtype=torch.long)
+        radii = torch.empty(budget, dtype=torch.float32)
+        for t in range(budget):
+            if t == 0 and not sel:
+                if first is None:
+                    mean = x.mean(dim=0)
+                    first = int(((x - mean) ** 2).sum(dim=1).argmin())
+                c = int(first)
+            else:
+                c = int(min_sq.argmax())  # farthest from its nearest centre
+            update(c)
+            order[t] = c
+            radii[t] = min_sq.max().clamp_min(0.0).sqrt()  # -inf (all centres) -> 0
+    order = order.to(dev)
+    if return_radii:
+        return order, radii.to(dev)
+    return order
+
+
+def covering_radius(emb: Any, centers: Any) -> float:
+    """``max_i min_{c in centers} ||x_i - x_c||`` computed directly (a reference helper)."""
+    x = _to_tensor(emb).to(torch.float64)
+    c = x[_to_tensor(centers).long()]
+    return float(torch.cdist(x, c).amin(dim=1).max())
+
+
+# ----------------------------------------------------------------------------- kNN graph
+
+
+def knn_graph(
+    emb: Any, knn: int = DEFAULT_KNN, *, batch_size: int = DEFAULT_SEARCH_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``knn`` inner-product neighbours of every item (itself included) via faiss.
+
+    Args:
+        emb: ``[n, d]`` embeddings (converted to contiguous float32 for faiss).
+        knn: neighbours per item (clipped to n).
+        batch_size: queries per faiss search call; bounds the result buffers.
+
+    Returns:
+        ``(nbr, sim)``: int64 ``[n, knn]`` neighbour ids and float32 ``[n, knn]`` inner
+        products, most similar first.  Memory O(n * knn).
+    """
+    x = _to_numpy_f32(emb)
+    if x.ndim != 2:
+        raise ValueError(f"emb must be [n, d], got {x.shape}")
+    n, d = x.shape
+    k = max(1, min(int(knn), n))
+    index = faiss.IndexFlatIP(d)
+    index.add(x)
+    nbr = np.empty((n, k), dtype=np.int64)
+    sim = np.empty((n, k), dtype=np.float32)
+    for s in range(0, n, batch_size):
+        e = min(n, s + batch_size)
+        D, indices = index.search(x[s:e], k)
+        sim[s:e] = D
+        nbr[s:e] = indices
+    index.reset()
+    return nbr, sim
+
+
+def _check_weights(weights: Any | None, n: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(n, dtype=np.float64)
+    w = np.asarray(
+        weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights,
+        dtype=np.float64,
+    ).reshape(-1)
+    if w.shape[0] != n:
+        raise ValueError(f"weights must have length n = {n}, got {w.shape[0]}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be finite and >= 0")
+    return w
+
+
+# ----------------------------------------------------------------------------- facility location
+
+
+def facility_location(
+    emb: Any,
+    budget: int,
+    knn: int = DEFAULT_KNN,
+    weights: Any | None = None,
+    *,
+    selected: Any | None = None,
+    graph: tuple[np.ndarray, np.ndarray] | None = None,
+    batch_size: int = DEFAULT_SEARCH_BATCH,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lazy-greedy facility location on a sparse kNN similarity graph.
+
+    Maximises ``f(S) = sum_i w_i * max(0, max_{j in S, j in kNN(i)} <x_i, x_j>)``.
+
+    Args:
+        emb: ``[n, d]`` embeddings (ignored apart from n when ``graph`` is given).
+        budget: number of new items to pick (clipped to the number of unselected items).
+        knn: neighbours per item in the similarity graph (memory ``n * knn * 20`` bytes).
+        weights: optional ``[n]`` non-negative importance ``w_i`` of being represented
+            (e.g. an uncertainty score, for uncertainty-weighted facility location).
+        selected: optional indices already in S (counted as covering, never returned).
+        graph: optional precomputed ``knn_graph(emb, knn)`` to reuse across calls.
+        batch_size: faiss search batch when building the graph.
+
+    Returns:
+        ``(order, gains)``: LongTensor ``[budget']`` of item indices in pick order and
+        float64 ``[budget']`` marginal gains ``f(S + j) - f(S)`` (similarity units times
+        weight units), non-increasing.  ``gains.sum()`` is ``f`` of the picks (plus
+        nothing for ``selected``).  Ties go to the lower index.
+    """
+    if graph is None:
+        nbr, sim = knn_graph(emb, knn, batch_size=batch_size)
+    else:
+        nbr, sim = graph
+    nbr = np.asarray(nbr, dtype=np.int64)
+    n, k = nbr.shape
+    w = _check_weights(weights, n)
+
+    # Value of "j represents i" = w_i * max(0, sim(i, j)).  Transpose to CSC: for a
+    # candidate j, all (i, value) it could represent, so a gain is one contiguous slice.
+    val = (np.maximum(np.asarray(sim, dtype=np.float64), 0.0) * w[:, None]).ravel()
+    col = nbr.ravel()
+    keep = col >= 0  # faiss pads with -1 when fewer than knn items exist
+    col, val = col[keep], val[keep]
+    row = np.repeat(np.arange(n, dtype=np.int64), k)[keep]
+    perm = np.argsort(col, kind="stable")
+    rows_of = row[perm]
+    vals_of = val[perm]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(col, minlength=n), out=ptr[1:])
+    del row, col, val, perm, keep
+
+    cur = np.zeros(n, dtype=np.float64)  # w_i * current best similarity of i to S
+    is_sel = np.zeros(n, dtype=bool)
+    if selected is not None:
+        for j in np.asarray(_to_tensor(selected).reshape(-1).cpu().numpy(), dtype=np.int64):
+            s, e = ptr[j], ptr[j + 1]
+            np.maximum.at(cur, rows_of[s:e], vals_of[s:e])
+            is_sel[j] = True
+
+    # Initial exact gains for every candidate in one vectorised pass.
+    cols_of = np.repeat(np.arange(n, dtype=np.int64), np.diff(ptr))
+    g0 = np.bincount(cols_of, weights=np.maximum(vals_of - cur[rows_of], 0.0), minlength=n)
+    del cols_of
+    heap = [(-float(g0[j]), j) for j in range(n) if not is_sel[j]]
+    heapq.heapify(heap)
+    fresh = np.full(n, -1, dtype=np.int64)  # pick count at which bound j was computed
+    fresh[~is_sel] = 0
+
+    budget = max(0, min(int(budget), len(heap)))
+    order = np.empty(budget, dtype=np.int64)
+    gains = np.empty(budget, dtype=np.float64)
+    t = 0
+    while t < budget:
+        neg, j = heapq.heappop(heap)
+        if fresh[j] != t:
+            # stale upper bound: recompute the exact marginal gain of j
+            s, e = ptr[j], ptr[j + 1]
+            r = rows_of[s:e]
+            g = float(np.maximum(vals_of[s:e] - cur[r], 0.0).sum())
+            fresh[j] = t
+            # every other bound is <= the heap top, so if g beats it, j is the argmax
+            if heap and g < -heap[0][0]:
+                heapq.heappush(heap, (-g, j))
+                continue
+        else:
+            g = -neg
+        s, e = ptr[j], ptr[j + 1]
+        r = rows_of[s:e]
+        cur[r] = np.maximum(cur[r], vals_of[s:e])
+        order[t] = j
+        gains[t] = g
+        t += 1
+    return torch.from_numpy(order), torch.from_numpy(gains)
+
+
+def facility_location_objective(
+    graph: tuple[np.ndarray, np.ndarray],
+    items: Any,
+    weights: Any | None = None,
+) -> float:
+    """``f_knn(items)`` on a ``knn_graph`` (the objective :func:`facility_location` maximises)."""
+    nbr, sim = graph
+    n = nbr.shape[0]
+    w = _check_weights(weights, n)
+    in_s = np.zeros(n, dtype=bool)
+    in_s[np.asarray(_to_tensor(items).reshape(-1).cpu().numpy(), dtype=np.int64)] = True
+    nb = np.asarray(nbr)
+    hit = in_s[np.where(nb >= 0, nb, 0)] & (nb >= 0)
+    best = np.where(hit, np.maximum(np.asarray(sim, dtype=np.float64), 0.0), 0.0).max(axis=1)
+    return float((w * best).sum())

@@ -1,0 +1,458 @@
+"""SIFT test-time data selection and its baselines (nearest neighbour, random).
+
+Model (see DESIGN.md and the SIFT paper): a linear kernel ``k(a, b) = <a, b>`` on
+(usually L2-normalised) embeddings and a ridge / Gaussian-process posterior with
+noise ``lam``.  After selecting the multiset ``S`` (repeats allowed) the posterior
+variance of a target prompt ``x`` is::
+
+    sigma_S^2(x) = k(x, x) - k_S(x)^T (K_SS + lam I)^-1 k_S(x)
+
+SIFT greedily adds the candidate that minimises the (summed over targets)
+posterior variance after the addition.  Adding candidate ``c`` to ``S`` is a rank-1
+Schur-complement update of the posterior covariance ``k_n``::
+
+    reduction(c)  = sum_t k_n(t, c)^2 / (k_n(c, c) + lam)
+    k_{n+1}(a, b) = k_n(a, b) - k_n(a, c) k_n(c, b) / (k_n(c, c) + lam)
+
+Implementation (why it is fast): for a block of queries we compute the prior Gram
+matrix of the candidates with one batched matmul, and from then on keep only
+
+* ``diag[c]   = k_n(c, c)``            the candidates' posterior variances  ``[b, K]``
+* ``cov[t, c] = k_n(t, c)``            covariance with the targets          ``[b, m, K]``
+* ``U[i, c]``                          the i-th rank-1 update vector        ``[b, n, K]``
+
+so that ``k_n(c, c*) = Gram[c*, c] - sum_i U[i, c*] U[i, c]`` is recovered in
+``O(K n)`` per step.  The full ``(K+1)^2`` posterior covariance is never rewritten,
+which is what made a naive batched version memory-bound.  Total cost per query:
+``O(K^2 d)`` for the Gram matmul (the FLOP floor) plus ``O(K n^2 + m K n)`` for
+the greedy loop.  There is no Python loop over queries; there is a loop over the
+``n`` greedy steps, vectorised over a block of queries.
+
+Units: variances are in the units of the kernel (squared embedding norm); for
+L2-normalised embeddings the prior variance of one target is 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Selection",
+    "nn_select",
+    "posterior_variance",
+    "random_select",
+    "sift_select",
+]
+
+ArrayLike = Any  # torch.Tensor | np.ndarray; kept loose so numpy callers type-check too
+
+DEFAULT_BLOCK_SIZE = 128
+
+
+class Selection(tuple):
+    """Result of a selection: unpacks as ``(indices, variances)``.
+
+    Attributes:
+        indices:   LongTensor ``[B, n]``: positions into the K candidates, in pick order.
+                   Repeats are possible for SIFT.  ``-1`` marks "no pick" (the query
+                   stopped early, or ran out of valid / distinct candidates).
+        variances: Tensor ``[B, n]`` (compute dtype): posterior variance of the query
+                   (summed over its m targets) after each pick.  After a query stops
+                   the last value is repeated.
+        n_used:    LongTensor ``[B]``: number of real picks (entries != -1) per query.
+        prior_variance: Tensor ``[B]``: variance before any pick, ``sum_t k(t, t)``.
+
+    A 2-tuple subclass rather than a NamedTuple so that ``idx, var = sift_select(...)``
+    keeps working while the extra fields stay reachable as attributes.
+    """
+
+    indices: torch.Tensor
+    variances: torch.Tensor
+    n_used: torch.Tensor
+    prior_variance: torch.Tensor
+
+    def __new__(
+        cls,
+        indices: torch.Tensor,
+        variances: torch.Tensor,
+        n_used: torch.Tensor,
+        prior_variance: torch.Tensor,
+    ) -> Selection:
+        obj = super().__new__(cls, (indices, variances))
+        obj.indices = indices
+        obj.variances = variances
+        obj.n_used = n_used
+        obj.prior_variance = prior_variance
+        return obj
+
+    def __getnewargs__(self) -> tuple:  # keeps pickling (e.g. Ray object store) working
+        return (self.indices, self.variances, self.n_used, self.prior_variance)
+
+    def __repr__(self) -> str:
+        return (
+            f"Selection(indices={tuple(self.indices.shape)}, "
+            f"variances={tuple(self.variances.shape)}, n_used={self.n_used.tolist()[:8]}...)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# input handling
+
+
+def _to_tensor(x: ArrayLike) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.as_tensor(np.asarray(x))
+
+
+def _prepare(
+    queries: ArrayLike,
+    candidates: ArrayLike,
+    n: int,
+    lam: float,
+    dtype: torch.dtype | None,
+    valid: ArrayLike | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.dtype]:
+    """Validate shapes and move everything to the candidates' device and the compute dtype."""
+    c = _to_tensor(candidates)
+    q = _to_tensor(queries)
+    if c.ndim != 3:
+        raise ValueError(f"candidates must be [B, K, d], got shape {tuple(c.shape)}")
+    if q.ndim == 2:
+        q = q.unsqueeze(1)  # [B, d] -> [B, 1, d]: one target per query
+    if q.ndim != 3:
+        raise ValueError(f"queries must be [B, d] or [B, m, d], got shape {tuple(q.shape)}")
+    B, K, d = c.shape
+    if q.shape[0] != B or q.shape[2] != d:
+        raise ValueError(f"queries {tuple(q.shape)} do not match candidates {tuple(c.shape)}")
+    if q.shape[1] < 1:
+        raise ValueError("each query needs at least one target (m >= 1)")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not (lam > 0 and math.isfinite(lam)):
+        raise ValueError(f"lam must be a positive finite number, got {lam}")
+    # float32 by default (fast, and embeddings are float32 anyway); float64 on request.
+    dt = torch.float32 if dtype is None else dtype
+    if dt not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dt}")
+    c = c.to(dtype=dt)
+    q = q.to(device=c.device, dtype=dt)
+    v = None
+    if valid is not None:
+        v = _to_tensor(valid).to(device=c.device, dtype=torch.bool)
+        if tuple(v.shape) != (B, K):
+            raise ValueError(f"valid must be [B, K] = {(B, K)}, got {tuple(v.shape)}")
+    return q, c, v, dt
+
+
+# --------------------------------------------------------------------------------------
+# the kernel
+
+
+def _run_block(
+    q: torch.Tensor,
+    c: torch.Tensor,
+    n: int,
+    lam: float,
+    min_gain: float | None,
+    valid: torch.Tensor | None,
+    forced: torch.Tensor | None,
+    out_idx: torch.Tensor,
+    out_var: torch.Tensor,
+    out_used: torch.Tensor,
+    out_prior: torch.Tensor,
+) -> None:
+    """Greedy SIFT (``forced is None``) or the variance path of a fixed order, for one block.
+
+    Shapes: q ``[b, m, d]``, c ``[b, K, d]``, valid ``[b, K]`` bool or None,
+    forced ``[b, n]`` long (-1 = no pick) or None.  Writes into the ``out_*`` views.
+    """
+    b, K, d = c.shape
+    m = q.shape[1]
+    dev, dt = c.device, c.dtype
+    ct = c.transpose(1, 2)
+    row_base = torch.arange(b, device=dev) * K
+    if forced is None:
+        # One batched matmul for the whole block: the prior Gram of the candidates.  Only
+        # single rows of it are read later (Gram is symmetric, so a row == a column and
+        # rows are contiguous); viewed flat so a row gather is one index_select.
+        gram = torch.bmm(c, ct).view(b * K, K)  # [b*K, K]
+        diag0 = gram.view(b, K, K).diagonal(dim1=1, dim2=2)
+    else:
+        # Baselines: the picks are known up front, so only their n Gram rows are needed
+        # (n/K of the Gram FLOPs).  Row i of ``gram`` is k_0(c_i*, .).
+        fpick = forced.clamp_min(0)
+        gram = torch.bmm(c.gather(1, fpick.unsqueeze(2).expand(b, n, d)), ct).view(b * n, K)
+        diag0 = c.square().sum(dim=2)
+    cov = torch.bmm(q, ct)  # [b, m, K]  k_n(t, c)
+    # k_n(c, c) + lam, kept with lam folded in (one op less per step); always >= lam.
+    diag_lam = diag0 + lam  # [b, K]
+    var = q.square().sum(dim=(1, 2))  # [b]  sum_t k_n(t, t)
+    out_prior.copy_(var)
+    U = torch.empty(b, n, K, device=dev, dtype=dt)  # rank-1 update vectors
+    active = torch.ones(b, dtype=torch.bool, device=dev)
+    n_used = torch.zeros(b, dtype=torch.long, device=dev)
+    last_var = var.clone()  # the variance reported for stopped queries
+    neg_inf = torch.tensor(float("-inf"), device=dev, dtype=dt)
+    check_stop = min_gain is not None or valid is not None or forced is not None
+    cov1 = cov[:, 0, :] if m == 1 else None  # a [b, K] view: cheaper ops for one target
+    stop: torch.Tensor | None = None
+
+    for i in range(n):
+        if forced is None:
+            # reduction(c) = sum_t k(t,c)^2 / (k(c,c) + lam)
+            gain = cov1.square() if cov1 is not None else cov.square().sum(dim=1)
+            gain.div_(diag_lam)
+            if valid is not None:
+                gain = torch.where(valid, gain, neg_inf)
+            reduction, pick = gain.max(dim=1)  # first index wins ties
+            if check_stop:
+                stop = ~torch.isfinite(reduction)  # no valid candidate at all
+                if min_gain is not None:
+                    stop |= reduction < min_gain
+            row = gram.index_select(0, row_base + pick)  # [b, K] k_0(c*, .) (a copy)
+        else:
+            pick = forced[:, i]
+            stop = pick < 0
+            pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
+            row = gram.view(b, n, K)[:, i, :].clone()
+
+        # k_i(c, c*) for all c: prior Gram row minus the low-rank corrections so far.
+        if i > 0:
+            Ui = U[:, :i, :]
+            u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
+            row.sub_(torch.bmm(u_pick.transpose(1, 2), Ui).squeeze(1))
+        pick2 = pick.view(b, 1)
+        denom = diag_lam.gather(1, pick2)  # [b, 1] k(c*,c*) + lam
+        if cov1 is not None:
+            cov_pick = cov1.gather(1, pick2)  # [b, 1]
+        else:
+            cov_pick = cov.gather(2, pick.view(b, 1, 1).expand(b, m, 1))  # [b, m, 1]
+        if forced is not None:
+            reduction = cov_pick.square().sum(dim=tuple(range(1, cov_pick.ndim)))
+            reduction = reduction / denom.view(b)
+            if min_gain is not None:
+                stop = stop | (reduction < min_gain)
+        if stop is not None:
+            active &= ~stop  # stopping is sticky
+            if not bool(active.any()):
+                out_idx[:, i:] = -1
+                out_var[:, i:] = last_var.unsqueeze(1)
+                break
+
+        # Rank-1 (Schur complement) update of the kept state.
+        rs = denom.rsqrt()  # [b, 1]
+        u = row.mul_(rs)  # k(c, c*) / sqrt(k(c*,c*) + lam)
+        U[:, i, :] = u
+        scale = u * rs  # k(c, c*) / (k(c*,c*) + lam)
+        if cov1 is not None:
+            cov1.addcmul_(cov_pick, scale, value=-1.0)
+        else:
+            cov.addcmul_(cov_pick, scale.unsqueeze(1), value=-1.0)
+        # round-off must not push a posterior variance below 0 (i.e. diag_lam below lam)
+        diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
+        var.sub_(reduction).clamp_min_(0.0)
+
+        if stop is None:
+            out_idx[:, i] = pick
+            out_var[:, i] = var
+        else:
+            last_var = torch.where(active, var, last_var)
+            out_idx[:, i] = torch.where(active, pick, torch.full_like(pick, -1))
+            out_var[:, i] = last_var
+            n_used += active.long()
+    if stop is None and not check_stop:
+        n_used.fill_(n)
+    out_used.copy_(n_used)
+
+
+def _select(
+    queries: ArrayLike,
+    candidates: ArrayLike,
+    n: int,
+    lam: float,
+    min_gain: float | None,
+    dtype: torch.dtype | None,
+    block_size: int,
+    valid: ArrayLike | None,
+    order_fn: Any,
+) -> Selection:
+    q, c, v, dt = _prepare(queries, candidates, n, lam, dtype, valid)
+    B = c.shape[0]
+    dev = c.device
+    idx = torch.empty(B, n, dtype=torch.long, device=dev)
+    var = torch.empty(B, n, dtype=dt, device=dev)
+    used = torch.empty(B, dtype=torch.long, device=dev)
+    prior = torch.empty(B, dtype=dt, device=dev)
+    forced_all = order_fn(q, c, v) if order_fn is not None else None
+    bs = max(1, int(block_size))
+    with torch.no_grad():
+        for s in range(0, B, bs):
+            e = min(B, s + bs)
+            _run_block(
+                q[s:e],
+                c[s:e],
+                n,
+                float(lam),
+                min_gain,
+                None if v is None else v[s:e],
+                None if forced_all is None else forced_all[s:e],
+                idx[s:e],
+                var[s:e],
+                used[s:e],
+                prior[s:e],
+            )
+    return Selection(idx, var, used, prior)
+
+
+# --------------------------------------------------------------------------------------
+# public API
+
+
+def sift_select(
+    queries: ArrayLike,
+    candidates: ArrayLike,
+    n: int,
+    lam: float = 0.01,
+    *,
+    min_gain: float | None = None,
+    dtype: torch.dtype | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    valid: ArrayLike | None = None,
+) -> Selection:
+    """SIFT: greedily pick ``n`` candidates (with repeats) minimising posterior variance.
+
+    Args:
+        queries: ``[B, d]`` (one target prompt per query) or ``[B, m, d]`` (m target
+            prompts per query; their posterior variances are summed).  torch or numpy.
+        candidates: ``[B, K, d]`` candidate embeddings per query (e.g. the faiss top-K).
+        n: number of greedy steps (picks) per query.
+        lam: ridge / noise parameter ``lam > 0`` (kernel units).  Small lam makes
+            repeats useless (a picked point is already "known"); large lam makes
+            repeating the most relevant point worthwhile.
+        min_gain: optional stopping rule: a query stops as soon as its best variance
+            reduction is ``< min_gain``; later entries are ``-1`` / the last variance.
+        dtype: ``torch.float32`` (default) or ``torch.float64``.
+        block_size: queries processed together (bounds memory to
+            ``block_size * K * (K + n + m)`` numbers; 64-256 is cache friendly on CPU).
+        valid: optional bool ``[B, K]``; False marks padding (e.g. faiss id -1) that
+            must never be picked.
+
+    Returns:
+        :class:`Selection`, which unpacks as ``(indices, variances)``: indices LongTensor
+        ``[B, n]`` into K and variances ``[B, n]`` after each pick, plus ``.n_used`` ``[B]``
+        and ``.prior_variance`` ``[B]``.  Device follows ``candidates``.
+    """
+    return _select(queries, candidates, n, lam, min_gain, dtype, block_size, valid, None)
+
+
+def nn_select(
+    queries: ArrayLike,
+    candidates: ArrayLike,
+    n: int,
+    lam: float = 0.01,
+    *,
+    min_gain: float | None = None,
+    dtype: torch.dtype | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    valid: ArrayLike | None = None,
+) -> Selection:
+    """Nearest-neighbour baseline: the ``n`` distinct candidates of highest similarity.
+
+    The score of a candidate is its inner product with the query, summed over the m
+    targets (i.e. the mean similarity ranking).  Ties go to the lower index.  Variances
+    are the posterior variances after each pick given the picks so far, computed exactly
+    as in :func:`sift_select`, so strategies are comparable.  Picks are distinct, so if
+    fewer than ``n`` valid candidates exist the rest is ``-1``.  With ``min_gain`` the
+    query stops when the next neighbour would reduce the variance by less than that.
+    Arguments and return value as :func:`sift_select`.
+    """
+
+    def order(q: torch.Tensor, c: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+        score = torch.einsum("bmd,bkd->bk", q, c)
+        return _top_order(score, v, n)
+
+    return _select(queries, candidates, n, lam, min_gain, dtype, block_size, valid, order)
+
+
+def random_select(
+    queries: ArrayLike,
+    candidates: ArrayLike,
+    n: int,
+    lam: float = 0.01,
+    *,
+    min_gain: float | None = None,
+    dtype: torch.dtype | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    valid: ArrayLike | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Selection:
+    """Random baseline: ``n`` distinct candidates uniformly at random (without replacement).
+
+    Randomness comes from ``generator`` (a CPU ``torch.Generator``) or else ``seed``
+    (default 0, so runs are reproducible).  Variances, ``valid``, ``min_gain`` and the
+    return value behave as in :func:`nn_select`.
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+
+    def order(q: torch.Tensor, c: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+        # i.i.d. uniform keys + top-n  ==  a uniformly random ordered subset.
+        keys = torch.rand(c.shape[0], c.shape[1], generator=generator, dtype=torch.float64)
+        return _top_order(keys.to(c.device), v, n)
+
+    return _select(queries, candidates, n, lam, min_gain, dtype, block_size, valid, order)
+
+
+def _top_order(score: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Indices ``[B, n]`` of the highest scores (distinct, descending), ``-1`` padded."""
+    B, K = score.shape
+    score = score.to(torch.float64)
+    if valid is not None:
+        score = score.masked_fill(~valid, float("-inf"))
+    k = min(n, K)
+    # stable descending sort: ties go to the lower index, deterministic across devices
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
+    ok = torch.isfinite(score.gather(1, order))
+    order = torch.where(ok, order, torch.full_like(order, -1))
+    if k < n:
+        pad = torch.full((B, n - k), -1, dtype=torch.long, device=score.device)
+        order = torch.cat([order, pad], dim=1)
+    return order
+
+
+def posterior_variance(
+    queries: ArrayLike,
+    selected: ArrayLike,
+    lam: float,
+) -> torch.Tensor:
+    """Closed-form posterior variance, the reference for tests and benchmarks (float64).
+
+    ``sum_t [k(t,t) - k_S(t)^T (K_SS + lam I)^-1 k_S(t)]`` with ``k(a,b) = <a,b>``.
+
+    Args:
+        queries: ``[B, d]`` or ``[B, m, d]`` target embeddings.
+        selected: ``[B, s, d]`` embeddings of the selected multiset (repeats allowed;
+            ``s`` may be 0).
+        lam: ridge parameter > 0.
+
+    Returns:
+        float64 Tensor ``[B]``.
+    """
+    q = _to_tensor(queries).to(torch.float64)
+    x = _to_tensor(selected).to(device=q.device, dtype=torch.float64)
+    if q.ndim == 2:
+        q = q.unsqueeze(1)
+    prior = q.pow(2).sum(dim=(1, 2))
+    if x.shape[1] == 0:
+        return prior
+    kss = torch.bmm(x, x.transpose(1, 2))
+    kss = kss + lam * torch.eye(x.shape[1], dtype=torch.float64, device=q.device)
+    ks = torch.bmm(x, q.transpose(1, 2))  # [B, s, m]
+    sol = torch.linalg.solve(kss, ks)
+    return prior - (ks * sol).sum(dim=(1, 2))

@@ -1,0 +1,444 @@
+"""Embedding a Pile-format corpus into Parquet shards with Ray Data.
+
+Pipeline (streaming; memory is bounded by a few shards, never by the corpus):
+
+    read (one Ray read task per input file, yields one Arrow block per *shard*:
+          ``shard_docs`` consecutive lines or ``shard_chars`` characters of text)
+      -> ShardEmbedder actors (chunk to the encoder's max tokens, embed in length-sorted
+         batches, write ``part-FFFFF-BBBBB.parquet`` + quarantine atomically, return stats)
+      -> the driver collects one stats row per shard (progress bar, logs)
+
+A shard's name is derived from (input file number, block number), so a rerun sees which
+shards exist and the read tasks skip them before any embedding work: a crash resumes, a
+rerun never duplicates rows. Workers write shard files themselves; on a cluster the
+workspace must be on a filesystem every node can reach.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.corpus import MAX_CHUNKS, pack_doc_ids
+from tasks.pile_reader import BadLine, is_pile_file, iter_pile_file, list_pile_files
+from tasks.workspace import CorpusPaths, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SHARD_META_KEY = b"sift_curation"
+
+READ_SCHEMA = pa.schema([
+    ("shard", pa.string()), ("shard_rows", pa.int32()), ("file_id", pa.int32()),
+    ("file", pa.string()),
+    ("line", pa.int64()), ("text", pa.string()), ("source", pa.string()),
+    ("error", pa.string()), ("raw", pa.string()),
+])
+
+
+def shard_schema(dim: int) -> pa.Schema:
+    """The embeddings contract of DESIGN.md."""
+    return pa.schema([
+        ("doc_id", pa.int64()), ("source", pa.string()), ("text", pa.string()),
+        ("n_tokens", pa.int32()), ("embedding", pa.list_(pa.float32(), dim)),
+    ])
+
+
+@dataclass
+class EmbedConfig:
+    """Options of one embedding run (all serialisable; recorded in the manifest)."""
+
+    model: str | None = None
+    batch_size: int = 64
+    max_tokens: int | None = None
+    shard_docs: int = 2000
+    shard_chars: int = 32_000_000
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    threads_per_actor: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def discover_inputs(corpus: str | Path) -> list[Path]:
+    """Input files from a file, a folder (searched recursively) or a glob pattern."""
+    corpus = str(corpus)
+    path = Path(corpus).expanduser()
+    if path.exists():
+        files = list_pile_files(path)
+    else:
+        files = [Path(p) for p in glob.glob(corpus, recursive=True)
+                 if Path(p).is_file() and is_pile_file(p)]
+        if not files:
+            raise FileNotFoundError(f"corpus {corpus!r}: no such file, folder or glob match")
+    if not files:
+        raise FileNotFoundError(
+            f"corpus {corpus!r}: no input files (.jsonl, .json, .gz, .zst, .parquet) found"
+        )
+    return sorted({p.resolve() for p in files})
+
+
+def assign_file_ids(files: list[Path], previous: list[dict] | None) -> list[dict]:
+    """Stable file numbers: files seen before keep theirs, new files get the next ones."""
+    known = {f["path"]: int(f["file_id"]) for f in previous or []}
+    next_id = max(known.values(), default=-1) + 1
+    out = []
+    for path in files:
+        key = str(path)
+        if key not in known:
+            known[key] = next_id
+            next_id += 1
+        out.append({"file_id": known[key], "path": key})
+    return out
+
+
+# ---------------------------------------------------------------------------- read side
+
+
+def shard_name(file_id: int, block: int) -> str:
+    return f"part-{file_id:05d}-{block:05d}"
+
+
+def read_file_shards(
+    file_id: int, path: str, shard_docs: int, shard_chars: int, done: dict[str, int],
+) -> Iterator[pa.Table]:
+    """Stream one input file as Arrow blocks, one per shard not yet written.
+
+    Shard boundaries depend only on the file's content (line count and text length), so
+    they are identical on every run. ``done`` maps finished shards to the number of input
+    lines they hold; such shards are parsed but not emitted, unless the count differs (a
+    shard from an interrupted or different run), in which case the shard is redone.
+    """
+    rows: dict[str, list] = {k: [] for k in ("line", "text", "source", "error", "raw")}
+    block, n_chars = 0, 0
+
+    def flush() -> pa.Table | None:
+        nonlocal block, n_chars, rows
+        name = shard_name(file_id, block)
+        n = len(rows["line"])
+        table = None
+        if n and done.get(name) != n:
+            table = pa.table({
+                "shard": pa.array([name] * n, pa.string()),
+                "shard_rows": pa.array([n] * n, pa.int32()),
+                "file_id": pa.array([file_id] * n, pa.int32()),
+                "file": pa.array([path] * n, pa.string()),
+                **{k: pa.array(v, READ_SCHEMA.field(k).type) for k, v in rows.items()},
+            }, schema=READ_SCHEMA)
+        block, n_chars = block + 1, 0
+        rows = {k: [] for k in rows}
+        return table
+
+    for rec in iter_pile_file(path):
+        rows["line"].append(rec.line)
+        if isinstance(rec, BadLine):
+            rows["text"].append(None)
+            rows["source"].append(None)
+            rows["error"].append(rec.reason)
+            rows["raw"].append(rec.raw)
+        else:
+            rows["text"].append(rec.text)
+            rows["source"].append(rec.source)
+            rows["error"].append(None)
+            rows["raw"].append(None)
+            n_chars += len(rec.text)
+        if len(rows["line"]) >= shard_docs or n_chars >= shard_chars:
+            table = flush()
+            if table is not None:
+                yield table
+    table = flush()
+    if table is not None:
+        yield table
+
+
+def make_datasource(files: list[dict], cfg: EmbedConfig, done: dict[str, int]):
+    """A Ray Data datasource with one read task per input file."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class PileShardDatasource(Datasource):
+        def get_name(self) -> str:
+            return "PileShards"
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return sum(os.path.getsize(f["path"]) for f in files)
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [
+                ReadTask(
+                    partial(read_file_shards, f["file_id"], f["path"], cfg.shard_docs,
+                            cfg.shard_chars, done),
+                    BlockMetadata(num_rows=None, size_bytes=os.path.getsize(f["path"]),
+                                  exec_stats=None, input_files=(f["path"],)),
+                    schema=READ_SCHEMA,
+                )
+                for f in files
+            ]
+
+    return PileShardDatasource()
+
+
+# ---------------------------------------------------------------------------- embed side
+
+
+class ShardEmbedder:
+    """Ray Data actor: holds the encoder; turns one shard block into one Parquet file."""
+
+    def __init__(self, out_dir: str, quarantine_dir: str, model: str | None, batch_size: int,
+                 max_tokens: int | None, threads: int | None) -> None:
+        from sift_ops.embedding import TextEncoder
+
+        self.out_dir = Path(out_dir)
+        self.quarantine_dir = Path(quarantine_dir)
+        self.encoder = TextEncoder(model, batch_size=batch_size, max_tokens=max_tokens,
+                                   threads=threads)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        # Ray may bundle several small shard blocks into one batch; it never splits one
+        # (blocks stay below target_max_block_size), which the row count check verifies.
+        names = batch["shard"].to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+        stops = np.r_[starts[1:], len(names)]
+        out = []
+        for start, stop in zip(starts, stops, strict=True):
+            block = batch.slice(int(start), int(stop - start))
+            expected = block["shard_rows"][0].as_py()
+            if block.num_rows != expected:
+                raise RuntimeError(
+                    f"shard {names[start]} arrived split ({block.num_rows} of {expected} rows);"
+                    " lower --shard-docs or raise DataContext.target_max_block_size"
+                )
+            out.append(self._embed_shard(block))
+        return pa.Table.from_pylist(out)
+
+    def _embed_shard(self, block: pa.Table) -> dict:
+        t0 = time.perf_counter()
+        shard = block["shard"][0].as_py()
+        file_id = int(block["file_id"][0].as_py())
+        src_file = block["file"][0].as_py()
+        errors = block["error"].to_pylist()
+        lines = block["line"].to_numpy()
+        good = np.array([e is None for e in errors], dtype=bool)
+        texts = [t for t, ok in zip(block["text"].to_pylist(), good, strict=True) if ok]
+        sources = [s for s, ok in zip(block["source"].to_pylist(), good, strict=True) if ok]
+        good_lines = lines[good]
+
+        chunks = self.encoder.chunk_texts(texts)
+        n_truncated = 0
+        if any(c.chunk_index >= MAX_CHUNKS for c in chunks):
+            n_truncated = len({c.doc_index for c in chunks if c.chunk_index >= MAX_CHUNKS})
+            chunks = [c for c in chunks if c.chunk_index < MAX_CHUNKS]
+        emb = self.encoder.encode([c.text for c in chunks])
+        doc_idx = np.array([c.doc_index for c in chunks], dtype=np.int64)
+        chunk_idx = np.array([c.chunk_index for c in chunks], dtype=np.int64)
+        doc_ids = pack_doc_ids(file_id, good_lines[doc_idx], chunk_idx)
+        dim = self.encoder.dim
+        table = pa.table({
+            "doc_id": pa.array(doc_ids, pa.int64()),
+            "source": pa.array([sources[i] for i in doc_idx], pa.string()),
+            "text": pa.array([c.text for c in chunks], pa.string()),
+            "n_tokens": pa.array([c.n_tokens for c in chunks], pa.int32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim),
+        }, schema=shard_schema(dim))
+        stats = {
+            "shard": shard, "file": src_file, "file_id": file_id,
+            "line_start": int(lines.min()), "line_end": int(lines.max()),
+            "n_lines": len(lines), "n_docs": int(good.sum()), "n_bad": int((~good).sum()),
+            "n_chunks": len(chunks), "n_truncated": n_truncated, "n_rows": len(chunks),
+            # -1 marks an empty shard (every line quarantined); readers skip n_rows == 0
+            "doc_id_min": int(doc_ids.min()) if len(doc_ids) else -1,
+            "doc_id_max": int(doc_ids.max()) if len(doc_ids) else -1,
+            "model": self.encoder.name, "dim": dim,
+        }
+        # Quarantine first, shard last: the shard's existence marks the block as done.
+        self._write_quarantine(shard, src_file, block, good)
+        table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(stats).encode()})
+        tmp = self.out_dir / f".{shard}.parquet.tmp"
+        pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
+        os.replace(tmp, self.out_dir / f"{shard}.parquet")
+        stats["seconds"] = time.perf_counter() - t0
+        return stats
+
+    def _write_quarantine(self, shard: str, src_file: str, block: pa.Table, good: np.ndarray):
+        target = self.quarantine_dir / f"{shard}.jsonl"
+        if good.all():
+            target.unlink(missing_ok=True)
+            return
+        bad = block.filter(pa.array(~good))
+        tmp = self.quarantine_dir / f".{shard}.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for line, reason, raw in zip(bad["line"].to_pylist(), bad["error"].to_pylist(),
+                                         bad["raw"].to_pylist(), strict=True):
+                fh.write(json.dumps({"file": src_file, "line": line, "reason": reason,
+                                     "raw": raw}) + "\n")
+        os.replace(tmp, target)
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def read_shard_stats(path: Path) -> dict:
+    """The stats a ShardEmbedder stored in a shard's Parquet metadata."""
+    meta = pq.read_schema(path).metadata or {}
+    if SHARD_META_KEY not in meta:
+        raise ValueError(f"{path}: not a sift-curation shard (no {SHARD_META_KEY!r} metadata)")
+    return json.loads(meta[SHARD_META_KEY])
+
+
+def finished_shards(paths: CorpusPaths) -> dict[str, int]:
+    """Shards on disk -> input lines they cover (unreadable shards are dropped: redone)."""
+    done = {}
+    for path in paths.shard_files():
+        try:
+            done[path.stem] = int(read_shard_stats(path)["n_lines"])
+        except Exception as err:  # a foreign or damaged file: log and redo that shard
+            log.warning("ignoring unreadable shard %s (%s); it will be re-embedded", path, err)
+    return done
+
+
+def clean_partial_files(paths: CorpusPaths) -> int:
+    """Remove temp files a crashed run left behind; return how many."""
+    n = 0
+    for folder in (paths.embeddings, paths.quarantine):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink()
+            n += 1
+    return n
+
+
+def prepare_corpus(paths: CorpusPaths, corpus: str | Path, cfg: EmbedConfig,
+                   model_name: str, dim: int, max_tokens: int) -> dict:
+    """Create or reopen the corpus folder; refuse to mix models in one corpus."""
+    paths.embeddings.mkdir(parents=True, exist_ok=True)
+    paths.quarantine.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(paths.manifest.read_text()) if paths.manifest.is_file() else None
+    if previous is not None:
+        for key, value in (("model", model_name), ("dim", dim), ("max_tokens", max_tokens)):
+            if previous.get(key) != value:
+                raise ValueError(
+                    f"corpus {paths.name!r} at {paths.root} was embedded with {key}="
+                    f"{previous.get(key)!r}, this run has {key}={value!r}; use another --name "
+                    "or delete the corpus folder"
+                )
+        for key in ("shard_docs", "shard_chars"):
+            if previous.get(key) != getattr(cfg, key):
+                raise ValueError(
+                    f"corpus {paths.name!r} was sharded with {key}={previous.get(key)}; this "
+                    f"run has {getattr(cfg, key)}. Shard boundaries must not change on resume."
+                )
+    files = assign_file_ids(discover_inputs(corpus), previous and previous.get("files"))
+    now = datetime.now(timezone.utc).isoformat()
+    manifest = {
+        "name": paths.name, "corpus": str(corpus), "model": model_name, "dim": dim,
+        "pooling": "mean", "normalized": True, "max_tokens": max_tokens,
+        "shard_docs": cfg.shard_docs, "shard_chars": cfg.shard_chars,
+        "doc_id_layout": "file_id << 40 | line << 12 | chunk",
+        "files": files, "shards": (previous or {}).get("shards", []),
+        "status": "embedding", "created_at": (previous or {}).get("created_at", now),
+        "updated_at": now,
+    }
+    write_json_atomic(paths.manifest, manifest)
+    return manifest
+
+
+def finalize_manifest(paths: CorpusPaths, manifest: dict) -> dict:
+    """Rebuild the shard list from the shard files on disk (the source of truth)."""
+    shards = []
+    for path in paths.shard_files():
+        stats = read_shard_stats(path)
+        stats.pop("seconds", None)
+        stats["file"] = path.name
+        shards.append(stats)
+    manifest = dict(manifest)
+    manifest["shards"] = shards
+    for key in ("n_chunks", "n_docs", "n_bad", "n_truncated"):
+        manifest[key] = int(sum(s.get(key, 0) for s in shards))
+    manifest["status"] = "complete"
+    manifest["updated_at"] = datetime.now(timezone.utc).isoformat()
+    write_json_atomic(paths.manifest, manifest)
+    return manifest
+
+
+def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
+                  progress=None) -> dict:
+    """Embed ``corpus`` into ``paths`` with Ray Data; return a run summary.
+
+    ``progress(stats_row)`` is called on the driver for each finished shard.
+    """
+    import ray
+
+    from sift_ops.embedding import TextEncoder
+    from tasks.ray_runtime import ensure_ray
+
+    resources = ensure_ray()
+    # Load the encoder once on the driver to resolve the model's name, dim and window size
+    # (and fail here, not inside an actor, when the model folder is wrong).
+    probe = TextEncoder(cfg.model, max_tokens=cfg.max_tokens, device="cpu")
+    manifest = prepare_corpus(paths, corpus, cfg, probe.name, probe.dim, probe.max_tokens)
+    del probe
+    n_tmp = clean_partial_files(paths)
+    done = finished_shards(paths)
+    log.info("embedding %d input files into %s (%d shards already done, %d temp files removed)",
+             len(manifest["files"]), paths.embeddings, len(done), n_tmp)
+
+    ctx = ray.data.DataContext.get_current()
+    # A shard must reach the embedder as one block: never split blocks below shard size.
+    ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * cfg.shard_chars)
+    ctx.enable_progress_bars = False
+    ctx.verbose_stats_logs = False
+
+    n_cpus = float(resources.get("CPU", 1))
+    use_gpu = cfg.gpus_per_actor > 0 and resources.get("GPU", 0) > 0
+    # One CPU per actor would starve the read tasks on a 2-core box (see ENVIRONMENT.md):
+    # leave at least half a CPU for reading.
+    actor_cpus = 1.0 if use_gpu else max(0.5, min(1.0, (n_cpus - 0.5) / max(cfg.actors, 1)))
+    threads = cfg.threads_per_actor or max(1, int(n_cpus // max(cfg.actors, 1)))
+    # override_num_blocks = one per read task: otherwise Ray splits read outputs to reach
+    # its default parallelism, which would cut shards apart
+    ds = ray.data.read_datasource(make_datasource(manifest["files"], cfg, done),
+                                  num_cpus=0.5, override_num_blocks=len(manifest["files"]))
+    ds = ds.map_batches(
+        ShardEmbedder,
+        fn_constructor_kwargs={
+            "out_dir": str(paths.embeddings), "quarantine_dir": str(paths.quarantine),
+            "model": cfg.model, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
+            "threads": threads,
+        },
+        batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.actors, 1)),
+        num_cpus=actor_cpus, num_gpus=cfg.gpus_per_actor if use_gpu else None,
+    )
+    t0 = time.perf_counter()
+    new_shards: list[dict] = []
+    for row in ds.iter_rows():
+        new_shards.append(row)
+        if progress is not None:
+            progress(row)
+    seconds = time.perf_counter() - t0
+    manifest = finalize_manifest(paths, manifest)
+    new_chunks = sum(s["n_chunks"] for s in new_shards)
+    return {
+        "corpus": paths.name, "manifest": str(paths.manifest), "files": len(manifest["files"]),
+        "shards_total": len(manifest["shards"]), "shards_written": len(new_shards),
+        "shards_skipped": len(manifest["shards"]) - len(new_shards),
+        "chunks_total": manifest["n_chunks"],
+        "chunks_written": new_chunks, "docs_total": manifest["n_docs"],
+        "bad_lines_total": manifest["n_bad"], "bad_lines_this_run":
+            sum(s["n_bad"] for s in new_shards),
+        "seconds": seconds, "chunks_per_s": new_chunks / seconds if seconds > 0 else 0.0,
+        "quarantine": str(paths.quarantine), "new_shards": new_shards,
+    }
