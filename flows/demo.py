@@ -72,7 +72,9 @@ def demo_flow(workspace: str | None = None, k: int = 200, n: int = 50, lam: floa
     root = workspace_root(workspace)
     ws = str(root)
     sample = sample_flow(out=str(root / "sample"), n_docs=n_docs, n_queries=n_queries)
-    embedded = embed_flow(corpus=sample["paths"]["pile_dir"], name=DEMO_CORPUS, workspace=ws)
+    # small shards: progress every ~400 chunks on the demo's 5k chunks
+    embedded = embed_flow(corpus=sample["paths"]["pile_dir"], name=DEMO_CORPUS, workspace=ws,
+                          shard_docs=250)
     indexed = index_flow(name=DEMO_CORPUS, workspace=ws)
     queries = sample["paths"]["queries"]
     sift = select_flow(name=DEMO_CORPUS, queries=queries, workspace=ws, k=k, n=n, lam=lam,

@@ -21,7 +21,6 @@ the dense objective that equals it whenever i's best representative in S is amon
 
 from __future__ import annotations
 
-import heapq
 from typing import Any
 
 import faiss
@@ -84,7 +83,7 @@ def k_center_greedy(
     x = x.to(torch.float32)
     n = x.shape[0]
     dev = x.device
-    sq = (x * x).sum(dim=1)  # [n] squared norms
+    sq = torch.linalg.vector_norm(x, dim=1).square()  # [n] squared norms, no n x d temp
     # min_sq[i]: squared distance of i to its nearest centre; -inf marks centres themselves
     # so that they are never picked twice, even when every point is already covered.
     min_sq = torch.full((n,), float("inf"), device=dev)
@@ -115,8 +114,8 @@ def k_center_greedy(
         for t in range(budget):
             if t == 0 and not sel:
                 if first is None:
-                    mean = x.mean(dim=0)
-                    first = int(((x - mean) ** 2).sum(dim=1).argmin())
+                    # argmin ||x - mean||^2 = argmin |x|^2 - 2 <x, mean>: no n x d temporary
+                    first = int((sq - 2.0 * (x @ x.mean(dim=0))).argmin())
                 c = int(first)
             else:
                 c = int(min_sq.argmax())  # farthest from its nearest centre
@@ -144,30 +143,36 @@ def knn_graph(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``knn`` inner-product neighbours of every item (itself included) via faiss.
 
+    Brute force, as ``IndexFlatIP`` would do it, but with ``faiss.knn`` on the caller's
+    array so the n x d data is not copied into an index.  Cost ``O(n^2 d)`` FLOPs (BLAS),
+    memory ``O(n * knn)`` plus faiss's fixed-size distance tiles.
+
     Args:
         emb: ``[n, d]`` embeddings (converted to contiguous float32 for faiss).
         knn: neighbours per item (clipped to n).
-        batch_size: queries per faiss search call; bounds the result buffers.
+        batch_size: queries per faiss call; bounds the result buffers.
 
     Returns:
         ``(nbr, sim)``: int64 ``[n, knn]`` neighbour ids and float32 ``[n, knn]`` inner
-        products, most similar first.  Memory O(n * knn).
+        products, most similar first.
     """
     x = _to_numpy_f32(emb)
     if x.ndim != 2:
         raise ValueError(f"emb must be [n, d], got {x.shape}")
-    n, d = x.shape
+    n = x.shape[0]
     k = max(1, min(int(knn), n))
-    index = faiss.IndexFlatIP(d)
-    index.add(x)
     nbr = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float32)
-    for s in range(0, n, batch_size):
-        e = min(n, s + batch_size)
-        D, indices = index.search(x[s:e], k)
-        sim[s:e] = D
-        nbr[s:e] = indices
-    index.reset()
+    # Larger database tiles than faiss's default (1024 rows) amortise the per-tile heap
+    # bookkeeping: about 20% faster here at 50k x 384.  Global faiss state: restored after.
+    old_bs = faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_database_bs = max(old_bs, 8192)
+    try:
+        for s in range(0, n, batch_size):
+            e = min(n, s + batch_size)
+            sim[s:e], nbr[s:e] = faiss.knn(x[s:e], x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    finally:
+        faiss.cvar.distance_compute_blas_database_bs = old_bs
     return nbr, sim
 
 
@@ -222,66 +227,134 @@ def facility_location(
         nbr, sim = knn_graph(emb, knn, batch_size=batch_size)
     else:
         nbr, sim = graph
-    nbr = np.asarray(nbr, dtype=np.int64)
+    nbr = np.asarray(nbr)
     n, k = nbr.shape
     w = _check_weights(weights, n)
 
     # Value of "j represents i" = w_i * max(0, sim(i, j)).  Transpose to CSC: for a
     # candidate j, all (i, value) it could represent, so a gain is one contiguous slice.
-    val = (np.maximum(np.asarray(sim, dtype=np.float64), 0.0) * w[:, None]).ravel()
-    col = nbr.ravel()
+    # int32 / float32 storage: n * knn * 8 bytes (+ the int64 sort permutation, freed).
+    col = nbr.reshape(-1)
     keep = col >= 0  # faiss pads with -1 when fewer than knn items exist
-    col, val = col[keep], val[keep]
-    row = np.repeat(np.arange(n, dtype=np.int64), k)[keep]
-    perm = np.argsort(col, kind="stable")
-    rows_of = row[perm]
-    vals_of = val[perm]
+    # Stable counting of columns: torch's int32 stable sort (radix) is ~4x faster here than
+    # numpy's argsort on 3.2M entries.  Padding goes last (key n) and is cut off.
+    key = torch.from_numpy(np.where(keep, col, n).astype(np.int32 if n < 2**31 - 1 else np.int64))
+    perm = torch.sort(key, stable=True).indices[: int(keep.sum())].numpy()
+    rows_of = (perm // k).astype(np.int32)
+    vals_of = np.maximum(np.asarray(sim, dtype=np.float32).reshape(-1)[perm], 0.0)
+    if weights is not None:
+        vals_of = (vals_of * w[rows_of]).astype(np.float32)
     ptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(col, minlength=n), out=ptr[1:])
-    del row, col, val, perm, keep
+    np.cumsum(np.bincount(col[keep], minlength=n), out=ptr[1:])
+    del perm, keep, key
+    order, gains = _lazy_greedy(ptr, rows_of, vals_of, nbr, budget, selected)
+    return torch.from_numpy(order), torch.from_numpy(gains)
 
+
+def _segment_gains(
+    cand: np.ndarray, ptr: np.ndarray, rows_of: np.ndarray, vals_of: np.ndarray, cur: np.ndarray
+) -> np.ndarray:
+    """Exact marginal gains of the candidates ``cand`` in one vectorised pass."""
+    start = ptr[cand]
+    lens = ptr[cand + 1] - start
+    out = np.zeros(len(cand))
+    nz = lens > 0
+    if not nz.all():
+        start, lens = start[nz], lens[nz]
+    if len(lens) == 0:
+        return out
+    offs = np.cumsum(lens) - lens
+    # positions start[s] + (0 .. len[s]-1) of every segment, without a Python loop
+    pos = np.arange(int(offs[-1] + lens[-1])) + np.repeat(start - offs, lens)
+    contrib = vals_of[pos] - cur[rows_of[pos]]
+    np.maximum(contrib, 0.0, out=contrib)
+    out[nz] = np.add.reduceat(contrib, offs)
+    return out
+
+
+def _lazy_greedy(
+    ptr: np.ndarray,
+    rows_of: np.ndarray,
+    vals_of: np.ndarray,
+    nbr: np.ndarray,
+    budget: int,
+    selected: Any | None,
+    batch: int = 32,
+    pool_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lazy greedy with targeted invalidation and batched re-evaluation (exact greedy).
+
+    ``ub[j]`` is an upper bound of j's marginal gain (a stale gain is one, by
+    submodularity) and ``exact[j]`` says it is the current gain.  Picking j only changes
+    ``cur[i]`` for the items i that j represents better than before, and only candidates
+    in kNN(i) of those i can lose gain, so only they are marked stale (a few hundred of
+    n; the classic lazy greedy marks all n stale after every pick).
+    Instead of a Python heap, a pool of the ``pool_size`` largest bounds is kept, with
+    ``tau`` = the largest bound outside it: bounds only decrease, so while the pool's best
+    bound is >= tau the argmax lies in the pool.  The ``batch`` largest stale bounds of the
+    pool are re-evaluated together (one vectorised pass) and the pool's best bound is
+    picked once it is exact.  Ties go to the lower index (the pool is sorted by index).
+    """
+    n = nbr.shape[0]
     cur = np.zeros(n, dtype=np.float64)  # w_i * current best similarity of i to S
-    is_sel = np.zeros(n, dtype=bool)
+    ub = np.empty(n, dtype=np.float64)
     if selected is not None:
-        for j in np.asarray(_to_tensor(selected).reshape(-1).cpu().numpy(), dtype=np.int64):
+        sel = np.unique(np.asarray(_to_tensor(selected).reshape(-1).cpu().numpy(), np.int64))
+        for j in sel:
             s, e = ptr[j], ptr[j + 1]
             np.maximum.at(cur, rows_of[s:e], vals_of[s:e])
-            is_sel[j] = True
+    else:
+        sel = np.zeros(0, dtype=np.int64)
+    ub[:] = _segment_gains(np.arange(n), ptr, rows_of, vals_of, cur)
+    ub[sel] = -np.inf
+    # exact has a spare last slot: nbr == -1 (padding) then marks that slot, harmlessly
+    exact = np.ones(n + 1, dtype=bool)
 
-    # Initial exact gains for every candidate in one vectorised pass.
-    cols_of = np.repeat(np.arange(n, dtype=np.int64), np.diff(ptr))
-    g0 = np.bincount(cols_of, weights=np.maximum(vals_of - cur[rows_of], 0.0), minlength=n)
-    del cols_of
-    heap = [(-float(g0[j]), j) for j in range(n) if not is_sel[j]]
-    heapq.heapify(heap)
-    fresh = np.full(n, -1, dtype=np.int64)  # pick count at which bound j was computed
-    fresh[~is_sel] = 0
-
-    budget = max(0, min(int(budget), len(heap)))
+    budget = max(0, min(int(budget), n - len(sel)))
     order = np.empty(budget, dtype=np.int64)
     gains = np.empty(budget, dtype=np.float64)
+    P = min(n, max(pool_size, 2 * batch))
+
+    def refill() -> tuple[np.ndarray, float]:
+        if P >= n:
+            return np.arange(n), -np.inf
+        part = np.argpartition(-ub, P)
+        return np.sort(part[:P]), float(ub[part[P]])  # part[P]: largest bound outside
+
+    pool, tau = refill()
     t = 0
     while t < budget:
-        neg, j = heapq.heappop(heap)
-        if fresh[j] != t:
-            # stale upper bound: recompute the exact marginal gain of j
+        pu = ub[pool]
+        k = int(np.argmax(pu))  # first maximum = lowest index (pool is sorted)
+        top = pu[k]
+        if top < tau:
+            pool, tau = refill()  # every pool bound fell below an outside bound
+            continue
+        j = int(pool[k])
+        if exact[j]:
+            # exact, and >= every other bound in and outside the pool: the greedy argmax
             s, e = ptr[j], ptr[j + 1]
             r = rows_of[s:e]
-            g = float(np.maximum(vals_of[s:e] - cur[r], 0.0).sum())
-            fresh[j] = t
-            # every other bound is <= the heap top, so if g beats it, j is the argmax
-            if heap and g < -heap[0][0]:
-                heapq.heappush(heap, (-g, j))
-                continue
+            v = vals_of[s:e]
+            better = v > cur[r]
+            r = r[better]
+            cur[r] = v[better]
+            exact[nbr[r].reshape(-1)] = False  # only these candidates' gains changed
+            ub[j] = -np.inf
+            order[t] = j
+            gains[t] = top
+            t += 1
+            continue
+        # re-evaluate the `batch` largest bounds of the pool that are stale
+        if len(pool) > batch:
+            idx = np.argpartition(-pu, batch - 1)[:batch]
         else:
-            g = -neg
-        s, e = ptr[j], ptr[j + 1]
-        r = rows_of[s:e]
-        cur[r] = np.maximum(cur[r], vals_of[s:e])
-        order[t] = j
-        gains[t] = g
-        t += 1
-    return torch.from_numpy(order), torch.from_numpy(gains)
+            idx = np.arange(len(pool))
+        cand = pool[idx]
+        cand = cand[~exact[cand] & (ub[cand] > -np.inf)]
+        ub[cand] = _segment_gains(cand, ptr, rows_of, vals_of, cur)
+        exact[cand] = True
+    return order, gains
 
 
 def facility_location_objective(

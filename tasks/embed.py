@@ -2,10 +2,11 @@
 
 Pipeline (streaming; memory is bounded by a few shards, never by the corpus):
 
-    read (one Ray read task per input file, yields one Arrow block per *shard*:
-          ``shard_docs`` consecutive lines or ``shard_chars`` characters of text)
-      -> ShardEmbedder actors (chunk to the encoder's max tokens, embed in length-sorted
-         batches, write ``part-FFFFF-BBBBB.parquet`` + quarantine atomically, return stats)
+    read (one Ray read task per input file, yields one Arrow *row* per shard: the shard's
+          ``shard_docs`` consecutive lines, or ``shard_chars`` characters of text, as lists)
+      -> ShardEmbedder actors, one shard per call (chunk to the encoder's max tokens, embed
+         in length-sorted batches, write ``part-FFFFF-BBBBB.parquet`` + quarantine
+         atomically, return stats)
       -> the driver collects one stats row per shard (progress bar, logs)
 
 A shard's name is derived from (input file number, block number), so a rerun sees which
@@ -40,11 +41,13 @@ log = logging.getLogger(__name__)
 
 SHARD_META_KEY = b"sift_curation"
 
+# One row per shard: the shard's input lines travel as list columns, so the encoder actor
+# (batch_size=1) always receives exactly one whole shard, however Ray merges blocks.
 READ_SCHEMA = pa.schema([
-    ("shard", pa.string()), ("shard_rows", pa.int32()), ("file_id", pa.int32()),
-    ("file", pa.string()),
-    ("line", pa.int64()), ("text", pa.string()), ("source", pa.string()),
-    ("error", pa.string()), ("raw", pa.string()),
+    ("shard", pa.string()), ("file_id", pa.int32()), ("file", pa.string()),
+    ("line", pa.large_list(pa.int64())), ("text", pa.large_list(pa.large_string())),
+    ("source", pa.large_list(pa.string())), ("error", pa.large_list(pa.string())),
+    ("raw", pa.large_list(pa.large_string())),
 ])
 
 
@@ -116,7 +119,7 @@ def shard_name(file_id: int, block: int) -> str:
 def read_file_shards(
     file_id: int, path: str, shard_docs: int, shard_chars: int, done: dict[str, int],
 ) -> Iterator[pa.Table]:
-    """Stream one input file as Arrow blocks, one per shard not yet written.
+    """Stream one input file as one-row Arrow tables, one per shard not yet written.
 
     Shard boundaries depend only on the file's content (line count and text length), so
     they are identical on every run. ``done`` maps finished shards to the number of input
@@ -132,13 +135,11 @@ def read_file_shards(
         n = len(rows["line"])
         table = None
         if n and done.get(name) != n:
-            table = pa.table({
-                "shard": pa.array([name] * n, pa.string()),
-                "shard_rows": pa.array([n] * n, pa.int32()),
-                "file_id": pa.array([file_id] * n, pa.int32()),
-                "file": pa.array([path] * n, pa.string()),
-                **{k: pa.array(v, READ_SCHEMA.field(k).type) for k, v in rows.items()},
-            }, schema=READ_SCHEMA)
+            table = pa.table(
+                {"shard": [name], "file_id": [file_id], "file": [path],
+                 **{k: [v] for k, v in rows.items()}},
+                schema=READ_SCHEMA,
+            )
         block, n_chars = block + 1, 0
         rows = {k: [] for k in rows}
         return table
@@ -196,7 +197,7 @@ def make_datasource(files: list[dict], cfg: EmbedConfig, done: dict[str, int]):
 
 
 class ShardEmbedder:
-    """Ray Data actor: holds the encoder; turns one shard block into one Parquet file."""
+    """Ray Data actor: holds the encoder; turns each shard row into one Parquet file."""
 
     def __init__(self, out_dir: str, quarantine_dir: str, model: str | None, batch_size: int,
                  max_tokens: int | None, threads: int | None) -> None:
@@ -208,33 +209,18 @@ class ShardEmbedder:
                                    threads=threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        # Ray may bundle several small shard blocks into one batch; it never splits one
-        # (blocks stay below target_max_block_size), which the row count check verifies.
-        names = batch["shard"].to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
-        stops = np.r_[starts[1:], len(names)]
-        out = []
-        for start, stop in zip(starts, stops, strict=True):
-            block = batch.slice(int(start), int(stop - start))
-            expected = block["shard_rows"][0].as_py()
-            if block.num_rows != expected:
-                raise RuntimeError(
-                    f"shard {names[start]} arrived split ({block.num_rows} of {expected} rows);"
-                    " lower --shard-docs or raise DataContext.target_max_block_size"
-                )
-            out.append(self._embed_shard(block))
-        return pa.Table.from_pylist(out)
+        return pa.Table.from_pylist([self._embed_shard(batch.slice(i, 1).to_pylist()[0])
+                                     for i in range(batch.num_rows)])
 
-    def _embed_shard(self, block: pa.Table) -> dict:
+    def _embed_shard(self, shard_row: dict) -> dict:
+        """Embed and write one shard (a READ_SCHEMA row as a dict); return its stats."""
         t0 = time.perf_counter()
-        shard = block["shard"][0].as_py()
-        file_id = int(block["file_id"][0].as_py())
-        src_file = block["file"][0].as_py()
-        errors = block["error"].to_pylist()
-        lines = block["line"].to_numpy()
+        shard, file_id, src_file = shard_row["shard"], shard_row["file_id"], shard_row["file"]
+        errors = shard_row["error"]
+        lines = np.asarray(shard_row["line"], dtype=np.int64)
         good = np.array([e is None for e in errors], dtype=bool)
-        texts = [t for t, ok in zip(block["text"].to_pylist(), good, strict=True) if ok]
-        sources = [s for s, ok in zip(block["source"].to_pylist(), good, strict=True) if ok]
+        texts = [t for t, ok in zip(shard_row["text"], good, strict=True) if ok]
+        sources = [s for s, ok in zip(shard_row["source"], good, strict=True) if ok]
         good_lines = lines[good]
 
         chunks = self.encoder.chunk_texts(texts)
@@ -265,7 +251,7 @@ class ShardEmbedder:
             "model": self.encoder.name, "dim": dim,
         }
         # Quarantine first, shard last: the shard's existence marks the block as done.
-        self._write_quarantine(shard, src_file, block, good)
+        self._write_quarantine(shard, src_file, shard_row, good)
         table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(stats).encode()})
         tmp = self.out_dir / f".{shard}.parquet.tmp"
         pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
@@ -273,18 +259,18 @@ class ShardEmbedder:
         stats["seconds"] = time.perf_counter() - t0
         return stats
 
-    def _write_quarantine(self, shard: str, src_file: str, block: pa.Table, good: np.ndarray):
+    def _write_quarantine(self, shard: str, src_file: str, shard_row: dict,
+                          good: np.ndarray) -> None:
         target = self.quarantine_dir / f"{shard}.jsonl"
         if good.all():
             target.unlink(missing_ok=True)
             return
-        bad = block.filter(pa.array(~good))
         tmp = self.quarantine_dir / f".{shard}.jsonl.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            for line, reason, raw in zip(bad["line"].to_pylist(), bad["error"].to_pylist(),
-                                         bad["raw"].to_pylist(), strict=True):
-                fh.write(json.dumps({"file": src_file, "line": line, "reason": reason,
-                                     "raw": raw}) + "\n")
+            for i in np.flatnonzero(~good):
+                fh.write(json.dumps({"file": src_file, "line": shard_row["line"][i],
+                                     "reason": shard_row["error"][i],
+                                     "raw": shard_row["raw"][i]}) + "\n")
         os.replace(tmp, target)
 
 
@@ -396,10 +382,12 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
              len(manifest["files"]), paths.embeddings, len(done), n_tmp)
 
     ctx = ray.data.DataContext.get_current()
-    # A shard must reach the embedder as one block: never split blocks below shard size.
-    ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * cfg.shard_chars)
+    saved = (ctx.target_max_block_size, ctx.enable_progress_bars)
+    # A shard is one row, and rows are never split; a tiny target block size makes every
+    # shard its own block (spread over actors) and streams each stats row back at once
+    # (otherwise a whole file's shards ride in one block and report only at the end).
+    ctx.target_max_block_size = 1
     ctx.enable_progress_bars = False
-    ctx.verbose_stats_logs = False
 
     n_cpus = float(resources.get("CPU", 1))
     use_gpu = cfg.gpus_per_actor > 0 and resources.get("GPU", 0) > 0
@@ -407,8 +395,7 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
     # leave at least half a CPU for reading.
     actor_cpus = 1.0 if use_gpu else max(0.5, min(1.0, (n_cpus - 0.5) / max(cfg.actors, 1)))
     threads = cfg.threads_per_actor or max(1, int(n_cpus // max(cfg.actors, 1)))
-    # override_num_blocks = one per read task: otherwise Ray splits read outputs to reach
-    # its default parallelism, which would cut shards apart
+    # one block per read task: no need for Ray to split read outputs further
     ds = ray.data.read_datasource(make_datasource(manifest["files"], cfg, done),
                                   num_cpus=0.5, override_num_blocks=len(manifest["files"]))
     ds = ds.map_batches(
@@ -418,16 +405,19 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
             "model": cfg.model, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
             "threads": threads,
         },
-        batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+        batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.actors, 1)),
         num_cpus=actor_cpus, num_gpus=cfg.gpus_per_actor if use_gpu else None,
     )
     t0 = time.perf_counter()
     new_shards: list[dict] = []
-    for row in ds.iter_rows():
-        new_shards.append(row)
-        if progress is not None:
-            progress(row)
+    try:
+        for row in ds.iter_rows():
+            new_shards.append(row)
+            if progress is not None:
+                progress(row)
+    finally:
+        ctx.target_max_block_size, ctx.enable_progress_bars = saved
     seconds = time.perf_counter() - t0
     manifest = finalize_manifest(paths, manifest)
     new_chunks = sum(s["n_chunks"] for s in new_shards)

@@ -380,6 +380,14 @@ def test_n_zero_and_errors():
         sift_select(q, c, 3, dtype=torch.float16)
 
 
+@pytest.mark.parametrize("fn", [sift_select, nn_select, random_select])
+def test_no_candidates(fn):
+    q, c = make_problem(15, 3, 4, 5, None)
+    res = fn(q, c[:, :0], 4, 0.1)
+    assert (res.indices == -1).all() and (res.n_used == 0).all()
+    torch.testing.assert_close(res.variances, res.prior_variance.unsqueeze(1).expand(3, 4))
+
+
 def test_posterior_variance_matches_numpy():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 5))

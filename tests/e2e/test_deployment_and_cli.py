@@ -1,0 +1,115 @@
+"""End to end: the installed `sift-curate` CLI, and a real `prefect server` with the flows
+served as deployments and started by `prefect deployment run`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import db
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+CLI = shutil.which("sift-curate", path=str(BIN)) or "sift-curate"
+PREFECT = shutil.which("prefect", path=str(BIN)) or "prefect"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "RAY_ADDRESS", "SIFT_"))}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+                "SIFT_WORKSPACE": str(tmp_path / "ws"), **extra})
+    return env
+
+
+def test_cli_help_explains_every_option():
+    out = subprocess.run([CLI, "--help"], capture_output=True, text=True, check=True).stdout
+    for verb in ("sample", "embed", "index", "select", "demo", "sql"):
+        assert verb in out
+    out = subprocess.run([CLI, "select", "--help"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    for option in ("--name", "--queries", "--k", "--n", "--lam", "--strategy", "--min-gain",
+                   "--nprobe", "--run-id", "--workspace"):
+        assert option in out, option
+
+
+def test_cli_reports_bad_strategy_clearly(tmp_path):
+    res = subprocess.run([CLI, "select", "--name", "nothing", "--queries", "q.jsonl",
+                          "--strategy", "bogus"], capture_output=True, text=True,
+                         env=_env(tmp_path), timeout=300)
+    assert res.returncode != 0
+    assert "unknown strategy 'bogus'" in res.stdout + res.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(cmd: list[str], env: dict, ok, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        out = res.stdout + res.stderr
+        if res.returncode == 0 and ok(out):
+            return out
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {cmd}: {out[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_deployment_run_through_a_real_prefect_server(tmp_path):
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = _env(tmp_path, PREFECT_API_URL=api)
+    server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    server = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    serve = None
+    try:
+        _wait([sys.executable, "-c", f"import urllib.request;urllib.request.urlopen("
+               f"'{api}/health').read()"], env, lambda _: True, 120)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "deployments.serve"], env=env,
+            cwd=Path(__file__).resolve().parents[2], stdout=open(logs / "serve.log", "w"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+        _wait([PREFECT, "deployment", "ls"], env, lambda out: "demo/demo" in out, 180)
+        res = subprocess.run(
+            [PREFECT, "deployment", "run", "demo/demo", "--param", "n_docs=60",
+             "--param", "n_queries=4", "--param", "k=20", "--param", "n=4", "--watch",
+             "--watch-timeout", "600"],
+            capture_output=True, text=True, env=env, timeout=660)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + (
+            (logs / "serve.log").read_text()[-3000:])
+        assert "Completed" in res.stdout + res.stderr
+    finally:
+        if serve is not None:
+            _stop(serve)
+        _stop(server)
+    dbf = tmp_path / "ws" / "curation.duckdb"
+    rows = db.query(dbf, "SELECT params->>'strategy', count(*) FROM runs JOIN "
+                    "test_time_selections USING (run_id) GROUP BY 1 ORDER BY 1")
+    assert rows == [("nn", 16), ("sift", 16)]
