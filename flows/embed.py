@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,12 @@ def embed_shards(corpus: str, workspace: str | None, name: str, cfg: EmbedConfig
             row["shard"], row["n_docs"], row["n_chunks"], row["seconds"], row["file"],
             row["line_start"], row["line_end"], row["n_bad"],
         )
+        if row["n_bad"] and totals["bad"] - row["n_bad"] < 20:  # name the first few
+            quarantine = paths.quarantine / f"{row['shard']}.jsonl"
+            for line in quarantine.read_text(encoding="utf-8").splitlines()[:5]:
+                bad = json.loads(line)
+                logger.warning("quarantined %s:%d: %s", bad["file"], bad["line"],
+                               bad["reason"])
 
     try:
         summary = run_embedding(corpus, paths, cfg, progress)
