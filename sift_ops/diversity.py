@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_KNN = 64
-DEFAULT_SEARCH_BATCH = 4096
+DEFAULT_SEARCH_BATCH = 1024  # x 8192-row faiss tiles x 4 B = 32 MB of distances
 
 
 def _to_tensor(x: Any) -> torch.Tensor:

@@ -34,7 +34,9 @@ L2-normalised embeddings the prior variance of one target is 1.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -157,6 +159,29 @@ def _prepare(
 # the kernel
 
 
+@contextlib.contextmanager
+def _serial_cpu(device: torch.device) -> Iterator[None]:
+    """Run the greedy loop's small ops on one intra-op thread (CPU only).
+
+    The loop issues ~25 tiny ops per step (tensors of block * K ~ 25k numbers).  They gain
+    nothing from a second thread (measured), but with OpenMP every parallel region waits
+    for all its threads: when another process occupies a core, each op can stall for a
+    scheduler tick and the loop became 5-20x slower (0.5 -> 2-10 ms per query with one
+    busy process on the other core).  Serial, it stays at ~0.7 ms.  The Gram matmul still
+    uses the caller's thread count.  With torch's OpenMP backend this setting is per
+    calling thread, and it is restored on exit.
+    """
+    prev = torch.get_num_threads()
+    if device.type != "cpu" or prev <= 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def _run_block(
     q: torch.Tensor,
     c: torch.Tensor,
@@ -206,69 +231,70 @@ def _run_block(
     cov1 = cov[:, 0, :] if m == 1 else None  # a [b, K] view: cheaper ops for one target
     stop: torch.Tensor | None = None
 
-    for i in range(n):
-        if forced is None:
-            # reduction(c) = sum_t k(t,c)^2 / (k(c,c) + lam)
-            gain = cov1.square() if cov1 is not None else cov.square().sum(dim=1)
-            gain.div_(diag_lam)
-            if valid is not None:
-                gain = torch.where(valid, gain, neg_inf)
-            reduction, pick = gain.max(dim=1)  # first index wins ties
-            if check_stop:
-                stop = ~torch.isfinite(reduction)  # no valid candidate at all
+    with _serial_cpu(dev):
+        for i in range(n):
+            if forced is None:
+                # reduction(c) = sum_t k(t,c)^2 / (k(c,c) + lam)
+                gain = cov1.square() if cov1 is not None else cov.square().sum(dim=1)
+                gain.div_(diag_lam)
+                if valid is not None:
+                    gain = torch.where(valid, gain, neg_inf)
+                reduction, pick = gain.max(dim=1)  # first index wins ties
+                if check_stop:
+                    stop = ~torch.isfinite(reduction)  # no valid candidate at all
+                    if min_gain is not None:
+                        stop |= reduction < min_gain
+                row = gram.index_select(0, row_base + pick)  # [b, K] k_0(c*, .) (a copy)
+            else:
+                pick = forced[:, i]
+                stop = pick < 0
+                pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
+                row = gram.view(b, n, K)[:, i, :].clone()
+
+            # k_i(c, c*) for all c: prior Gram row minus the low-rank corrections so far.
+            if i > 0:
+                Ui = U[:, :i, :]
+                u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
+                row.sub_(torch.bmm(u_pick.transpose(1, 2), Ui).squeeze(1))
+            pick2 = pick.view(b, 1)
+            denom = diag_lam.gather(1, pick2)  # [b, 1] k(c*,c*) + lam
+            if cov1 is not None:
+                cov_pick = cov1.gather(1, pick2)  # [b, 1]
+            else:
+                cov_pick = cov.gather(2, pick.view(b, 1, 1).expand(b, m, 1))  # [b, m, 1]
+            if forced is not None:
+                reduction = cov_pick.square().sum(dim=tuple(range(1, cov_pick.ndim)))
+                reduction = reduction / denom.view(b)
                 if min_gain is not None:
-                    stop |= reduction < min_gain
-            row = gram.index_select(0, row_base + pick)  # [b, K] k_0(c*, .) (a copy)
-        else:
-            pick = forced[:, i]
-            stop = pick < 0
-            pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
-            row = gram.view(b, n, K)[:, i, :].clone()
+                    stop = stop | (reduction < min_gain)
+            if stop is not None:
+                active &= ~stop  # stopping is sticky
+                if not bool(active.any()):
+                    out_idx[:, i:] = -1
+                    out_var[:, i:] = last_var.unsqueeze(1)
+                    break
 
-        # k_i(c, c*) for all c: prior Gram row minus the low-rank corrections so far.
-        if i > 0:
-            Ui = U[:, :i, :]
-            u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
-            row.sub_(torch.bmm(u_pick.transpose(1, 2), Ui).squeeze(1))
-        pick2 = pick.view(b, 1)
-        denom = diag_lam.gather(1, pick2)  # [b, 1] k(c*,c*) + lam
-        if cov1 is not None:
-            cov_pick = cov1.gather(1, pick2)  # [b, 1]
-        else:
-            cov_pick = cov.gather(2, pick.view(b, 1, 1).expand(b, m, 1))  # [b, m, 1]
-        if forced is not None:
-            reduction = cov_pick.square().sum(dim=tuple(range(1, cov_pick.ndim)))
-            reduction = reduction / denom.view(b)
-            if min_gain is not None:
-                stop = stop | (reduction < min_gain)
-        if stop is not None:
-            active &= ~stop  # stopping is sticky
-            if not bool(active.any()):
-                out_idx[:, i:] = -1
-                out_var[:, i:] = last_var.unsqueeze(1)
-                break
+            # Rank-1 (Schur complement) update of the kept state.
+            rs = denom.rsqrt()  # [b, 1]
+            u = row.mul_(rs)  # k(c, c*) / sqrt(k(c*,c*) + lam)
+            U[:, i, :] = u
+            scale = u * rs  # k(c, c*) / (k(c*,c*) + lam)
+            if cov1 is not None:
+                cov1.addcmul_(cov_pick, scale, value=-1.0)
+            else:
+                cov.addcmul_(cov_pick, scale.unsqueeze(1), value=-1.0)
+            # round-off must not push a posterior variance below 0 (i.e. diag_lam below lam)
+            diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
+            var.sub_(reduction).clamp_min_(0.0)
 
-        # Rank-1 (Schur complement) update of the kept state.
-        rs = denom.rsqrt()  # [b, 1]
-        u = row.mul_(rs)  # k(c, c*) / sqrt(k(c*,c*) + lam)
-        U[:, i, :] = u
-        scale = u * rs  # k(c, c*) / (k(c*,c*) + lam)
-        if cov1 is not None:
-            cov1.addcmul_(cov_pick, scale, value=-1.0)
-        else:
-            cov.addcmul_(cov_pick, scale.unsqueeze(1), value=-1.0)
-        # round-off must not push a posterior variance below 0 (i.e. diag_lam below lam)
-        diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
-        var.sub_(reduction).clamp_min_(0.0)
-
-        if stop is None:
-            out_idx[:, i] = pick
-            out_var[:, i] = var
-        else:
-            last_var = torch.where(active, var, last_var)
-            out_idx[:, i] = torch.where(active, pick, torch.full_like(pick, -1))
-            out_var[:, i] = last_var
-            n_used += active.long()
+            if stop is None:
+                out_idx[:, i] = pick
+                out_var[:, i] = var
+            else:
+                last_var = torch.where(active, var, last_var)
+                out_idx[:, i] = torch.where(active, pick, torch.full_like(pick, -1))
+                out_var[:, i] = last_var
+                n_used += active.long()
     if stop is None and not check_stop:
         n_used.fill_(n)
     out_used.copy_(n_used)

