@@ -158,6 +158,115 @@ def demo(
     demo_flow(workspace=ws, k=k, n=n, lam=lam, n_docs=n_docs, n_queries=n_queries)
 
 
+def _floats(text: str | None) -> list[float] | None:
+    return [float(x) for x in text.split(",") if x.strip()] if text else None
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(x) for x in text.split(",") if x.strip()] if text else None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+@app.command("eval-ttt")
+def eval_ttt(
+    name: Annotated[str, typer.Option(help="Embedded and indexed corpus to select from")]
+    = "mini-pile",
+    sample: Annotated[str | None, typer.Option(
+        help="Folder `sift-curate sample` wrote for this corpus; held-out documents are "
+        "taken from the same sources and checked against its pile/ (default: "
+        "<workspace>/sample)")] = None,
+    n_docs: Annotated[int, typer.Option(help="Held-out documents per seed (half news, "
+                                        "half code)")] = 8,
+    n: Annotated[int, typer.Option(help="Chunks selected per prompt = Adam steps")] = 8,
+    k: Annotated[int, typer.Option(help="Candidates retrieved per prompt")] = 200,
+    lam: Annotated[float, typer.Option(help="SIFT regulariser lambda > 0")] = 0.01,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the test-time steps")]
+    = 1e-4,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each draws its own "
+                                       "documents (and random picks)")] = "0,1,2",
+    strategies: Annotated[str, typer.Option(help="Comma-separated subset of sift,nn,random")]
+    = "sift,nn,random",
+    split: Annotated[str, typer.Option(help="Held-out split: 'test' for results, 'dev' for "
+                                       "tuning the learning rate (disjoint documents)")]
+    = "test",
+    lm: Annotated[str | None, typer.Option(help="Local HF causal-LM folder (default: the "
+                                           "bundled SmolLM2-135M-Instruct)")] = None,
+    max_train_tokens: Annotated[int, typer.Option(help="Tokens of each chunk used for its "
+                                                  "step")] = 256,
+    prompt_chars: Annotated[int, typer.Option(help="Prompt (prefix) length in characters, "
+                                              "cut at a space")] = 800,
+    continuation_chars: Annotated[int, typer.Option(help="Scored continuation length in "
+                                                    "characters")] = 600,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: "
+                                                "torch's)")] = None,
+    run_id: RunId = None,
+    workspace: Workspace = None,
+) -> None:
+    """Test-time fine-tuning: bits per byte after training on sift / nn / random picks.
+
+    Larger run (e.g. on a GPU machine): --n-docs 64 --n 50 --seeds 0,1,2,3,4.
+    """
+    ws = _setup(workspace)
+    from flows.eval_ttt import eval_ttt_flow
+
+    _show(eval_ttt_flow(name=name, workspace=ws, sample=sample, n_docs=n_docs, n=n, k=k,
+                        lam=lam, lr=lr, seeds=_ints(seeds), strategies=_names(strategies),
+                        split=split, lm=lm, max_train_tokens=max_train_tokens,
+                        prompt_chars=prompt_chars, continuation_chars=continuation_chars,
+                        threads=threads, run_id=run_id))
+
+
+@app.command("eval-budget")
+def eval_budget(
+    sample: Annotated[str | None, typer.Option(
+        help="Folder `sift-curate sample` wrote: pool.jsonl and pool_references.jsonl "
+        "(default: <workspace>/sample)")] = None,
+    n_select: Annotated[int, typer.Option(help="Items in the selection pool per seed")] = 120,
+    n_test: Annotated[int, typer.Option(help="Held-out test items per seed")] = 40,
+    budgets: Annotated[str, typer.Option(help="Comma-separated fractions of the selection "
+                                         "pool (1.0 is always added)")]
+    = "0.05,0.1,0.25,0.5,1.0",
+    strategies: Annotated[str, typer.Option(
+        help="Comma-separated: random, k_center, facility_location, sift (toward the test "
+        "prompts); others are passed to sift_ops.pool_strategies when it exists")]
+    = "random,k_center,facility_location,sift",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each draws its own "
+                                       "pool/test split and random order")] = "0,1,2",
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-4,
+    epochs: Annotated[int, typer.Option(help="Passes over the selected items")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Items per Adam step")] = 8,
+    lam: Annotated[float, typer.Option(help="SIFT lambda for the sift strategy")] = 0.1,
+    lm: Annotated[str | None, typer.Option(help="Local HF causal-LM folder (default: the "
+                                           "bundled SmolLM2-135M-Instruct)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Encoder for prompt embeddings "
+                                                "(default: bundled all-MiniLM-L6-v2)")]
+    = None,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens kept (from the "
+                                                   "end)")] = 128,
+    max_response_tokens: Annotated[int, typer.Option(help="Response tokens kept")] = 64,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    run_id: RunId = None,
+    workspace: Workspace = None,
+) -> None:
+    """Label efficiency: test loss vs annotation budget per selection strategy.
+
+    Larger run: --n-select 800 --n-test 200 --epochs 2.
+    """
+    ws = _setup(workspace)
+    from flows.eval_budget import eval_budget_flow
+
+    _show(eval_budget_flow(workspace=ws, sample=sample, n_select=n_select, n_test=n_test,
+                           budgets=_floats(budgets), strategies=_names(strategies),
+                           seeds=_ints(seeds), lr=lr, epochs=epochs, batch_size=batch_size,
+                           lam=lam, lm=lm, encoder=encoder,
+                           max_prompt_tokens=max_prompt_tokens,
+                           max_response_tokens=max_response_tokens, threads=threads,
+                           run_id=run_id))
+
+
 @app.command()
 def sql(
     statement: Annotated[str, typer.Argument(help="SQL to run read-only on curation.duckdb")],

@@ -52,9 +52,14 @@ CREATE TABLE IF NOT EXISTS handoffs (
     run_id VARCHAR NOT NULL, path VARCHAR NOT NULL, format VARCHAR, n_items BIGINT,
     sha256 VARCHAR, created_at TIMESTAMPTZ
 );
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, strategy VARCHAR NOT NULL,
+    budget DOUBLE, seed INTEGER, metric VARCHAR NOT NULL, value DOUBLE
+);
 """
 
-RUN_TABLES = ("test_time_selections", "item_scores", "budgets", "selections", "handoffs")
+RUN_TABLES = ("test_time_selections", "item_scores", "budgets", "selections", "handoffs",
+              "evaluations")
 
 
 def _now() -> datetime:

@@ -1,0 +1,92 @@
+"""PNG plots of the evaluations (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def strategy_points(per_seed: dict[str, Sequence[float]], path: str | Path, title: str,
+                    ylabel: str, reference: str | None = "base") -> Path:
+    """One column per strategy: each seed's value as a dot, mean as a bar, +-1 std whiskers.
+
+    ``per_seed[strategy]`` holds one value per seed (e.g. mean bits per byte over that
+    seed's documents). A dashed line marks the ``reference`` strategy's mean.
+    """
+    plt = _plt()
+    names = list(per_seed)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    means = [float(np.mean(per_seed[s])) for s in names]
+    stds = [float(np.std(per_seed[s], ddof=1)) if len(per_seed[s]) > 1 else 0.0
+            for s in names]
+    x = np.arange(len(names))
+    ax.errorbar(x, means, yerr=stds, fmt="o", color="black", capsize=8, markersize=8,
+                label="mean +- 1 std over seeds", zorder=3)
+    for i, s in enumerate(names):
+        vals = np.asarray(per_seed[s], dtype=float)
+        jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, vals, alpha=0.55, s=26, color=f"C{i}", zorder=2,
+                   label="one seed" if i == 0 else None)
+    if reference in per_seed:
+        ax.axhline(float(np.mean(per_seed[reference])), ls="--", color="grey", lw=1,
+                   label=f"{reference} mean")
+    lo = min(min(per_seed[s]) for s in names)
+    hi = max(max(per_seed[s]) for s in names)
+    pad = 0.15 * (hi - lo or abs(hi) * 0.05 or 0.01)
+    ax.set_ylim(lo - pad, hi + pad)  # the differences, not the distance from zero, matter
+    ax.set_xticks(x, names)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | Path,
+                  title: str, ylabel: str, reference: float | None = None,
+                  base: float | None = None) -> Path:
+    """Loss vs budget (percent of the pool, log x axis), one line per strategy with a
+    +-1 std band over seeds; dashed: random at 100 %; dotted: the base model."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.8, 4.4), dpi=110)
+    for i, (name, by_budget) in enumerate(curves.items()):
+        b = sorted(by_budget)
+        m = np.array([np.mean(by_budget[x]) for x in b])
+        s = np.array([np.std(by_budget[x], ddof=1) if len(by_budget[x]) > 1 else 0.0
+                      for x in b])
+        pct = np.array(b) * 100
+        ax.plot(pct, m, marker="o", label=name, color=f"C{i}", lw=2)
+        ax.fill_between(pct, m - s, m + s, color=f"C{i}", alpha=0.12)
+    if reference is not None:
+        ax.axhline(reference, ls="--", color="black", lw=1, label="random at 100 %")
+    if base is not None:
+        ax.axhline(base, ls=":", color="grey", lw=1, label="base model (no fine-tuning)")
+    ax.set_xscale("log")
+    ticks = sorted({x * 100 for c in curves.values() for x in c})
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("annotation budget (share of the selection pool)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,354 @@
+"""Evaluation plumbing: held-out documents, selected texts, fine-tune/score loops, result rows.
+
+Two evaluations (see flows/eval_ttt.py and flows/eval_budget.py):
+
+* test-time fine-tuning (TTT): a held-out document is cut into a prompt (prefix) and a
+  continuation; chunks selected for the prompt from the indexed corpus fine-tune the LM,
+  one Adam step each; the continuation's bits per byte is measured; the weights are
+  restored before the next prompt.
+* label efficiency: pool items chosen by a strategy at a budget are "annotated" with the
+  sample's reference responses, the LM is fine-tuned on them, and the mean loss (nats per
+  response token) on held-out test items is measured.
+
+The math lives in :mod:`sift_ops.finetune`; this module reads files, joins texts and builds
+the rows of the ``evaluations`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sysconfig
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from sift_ops import finetune as ft
+
+log = logging.getLogger(__name__)
+
+TTT_STRATEGIES = ("sift", "nn", "random")
+#: Long lines are the unit of the overlap check between a held-out document and the corpus
+#: (short lines such as ``return x`` or ``else:`` occur everywhere and prove nothing).
+LONG_LINE = 30
+#: Documents reserved for the learning-rate sweep (split "dev"); the rest is split "test".
+DEV_DOCS = 40
+_SPLIT_SEED = 20261121
+
+
+# --------------------------------------------------------------------------- held-out docs
+
+
+@dataclass(frozen=True)
+class HeldOutDoc:
+    """A document that is not in the corpus, cut into ``prompt`` + ``continuation``."""
+
+    key: str  # "news:<category>/<file>.txt" or "code:<module>.<qualname>"
+    source: str
+    prompt: str
+    continuation: str
+
+
+def split_document(text: str, prompt_chars: int, continuation_chars: int
+                   ) -> tuple[str, str] | None:
+    """Cut ``text`` at a whitespace boundary near ``prompt_chars`` into (prompt,
+    continuation), the continuation ending at a whitespace boundary near
+    ``continuation_chars`` characters later. None when the text is too short.
+
+    The cut is at whitespace so the continuation starts a word (a mid-word cut would make
+    its first token an artefact of the cut, not of the text).
+    """
+    if len(text) < prompt_chars + continuation_chars // 2:
+        return None
+    cut = text.rfind(" ", prompt_chars // 2, prompt_chars + 1)
+    cut = text.rfind("\n", prompt_chars // 2, prompt_chars + 1) if cut < 0 else cut
+    if cut <= 0:
+        return None
+    prompt, rest = text[:cut], text[cut:]
+    if len(rest) > continuation_chars:
+        end = max(rest.rfind(" ", continuation_chars // 2, continuation_chars + 1),
+                  rest.rfind("\n", continuation_chars // 2, continuation_chars + 1))
+        rest = rest[:end] if end > 0 else rest[:continuation_chars]
+    if len(rest.strip()) < continuation_chars // 4:
+        return None
+    return prompt, rest
+
+
+def _long_lines(text: str) -> set[str]:
+    return {s for line in text.splitlines() if len(s := line.strip()) >= LONG_LINE}
+
+
+def corpus_long_lines(pile_dir: str | Path) -> set[str]:
+    """Every long line (>= 30 characters, stripped) of the corpus in ``pile_dir``."""
+    from tasks.pile_reader import PileDoc, iter_pile_file, list_pile_files
+
+    lines: set[str] = set()
+    for path in list_pile_files(pile_dir):
+        for doc in iter_pile_file(path):
+            if isinstance(doc, PileDoc):
+                lines |= _long_lines(doc.text)
+    return lines
+
+
+def heldout_candidates(pile_dir: str | Path, *, prompt_chars: int, continuation_chars: int
+                       ) -> list[HeldOutDoc]:
+    """BBC articles and stdlib functions sharing no long line with the corpus, split.
+
+    The sample's sources (tasks/sample.py) hold far more text than the corpus uses, so the
+    rest is a natural held-out set from the same distribution. A document is kept only if
+    none of its long lines occurs anywhere in the corpus, which also drops the BBC set's
+    near-duplicate articles and methods quoted under a class header. Deterministic order.
+    """
+    # the loaders are the sample builder's own, so held-out text is parsed exactly like
+    # the corpus was
+    from tasks.sample import CODE_SOURCE, NEWS_SOURCE, _bbc_data_dir, _load_code, _load_news
+
+    seen = corpus_long_lines(pile_dir)
+    out: list[HeldOutDoc] = []
+    for a in _load_news(str(_bbc_data_dir())):
+        text = a.text
+        if _long_lines(text) & seen:
+            continue
+        cut = split_document(text, prompt_chars, continuation_chars)
+        if cut:
+            out.append(HeldOutDoc(f"news:{a.path}", NEWS_SOURCE, *cut))
+    for u in _load_code(sysconfig.get_paths()["stdlib"]):
+        if u.kind != "function" or not u.doc_text or (_long_lines(u.doc_text) & seen):
+            continue
+        cut = split_document(u.doc_text, prompt_chars, continuation_chars)
+        if cut:
+            out.append(HeldOutDoc(f"code:{u.module}.{u.qualname}", CODE_SOURCE, *cut))
+    return out
+
+
+def choose_docs(candidates: Sequence[HeldOutDoc], n_docs: int, seed: int, split: str
+                ) -> list[HeldOutDoc]:
+    """``n_docs`` documents for one seed, half news and half code.
+
+    The candidates are first cut once (fixed seed) into ``dev`` (the first
+    :data:`DEV_DOCS` of each source, for tuning the learning rate) and ``test`` (the
+    rest), so the tuned setting is never scored on the documents it was tuned on.
+    """
+    if split not in ("dev", "test"):
+        raise ValueError(f"split must be 'dev' or 'test' (got {split!r})")
+    by_source: dict[str, list[HeldOutDoc]] = {}
+    for d in candidates:
+        by_source.setdefault(d.source, []).append(d)
+    rng = random.Random(seed)
+    chosen: list[HeldOutDoc] = []
+    sources = sorted(by_source)
+    for i, src in enumerate(sources):
+        docs = list(by_source[src])
+        random.Random(_SPLIT_SEED).shuffle(docs)
+        pool = docs[:DEV_DOCS] if split == "dev" else docs[DEV_DOCS:]
+        want = n_docs // len(sources) + (i < n_docs % len(sources))
+        if len(pool) < want:
+            raise ValueError(f"only {len(pool)} held-out {src} documents in split {split}")
+        chosen += rng.sample(pool, want)
+    return chosen
+
+
+# --------------------------------------------------------------------------- TTT loop
+
+
+def fetch_texts(reader: Any, picks: np.ndarray) -> list[list[str]]:
+    """Chunk texts for ``picks [B, n]`` doc_ids (-1 = none), in pick order, per prompt."""
+    flat = picks[picks >= 0]
+    texts = reader.fetch(flat, columns=("text",))["text"] if flat.size else np.array([])
+    by_id = dict(zip(flat.tolist(), texts.tolist(), strict=True))
+    return [[by_id[d] for d in row if d >= 0] for row in picks.tolist()]
+
+
+def ttt_rows_for_doc(model: torch.nn.Module, tokenizer: Any, base: dict[str, torch.Tensor],
+                     doc: HeldOutDoc, selected: dict[str, list[str]], *, lr: float,
+                     max_train_tokens: int, max_prompt_tokens: int | None = None
+                     ) -> list[dict[str, Any]]:
+    """Base and per-strategy bits per byte of one document's continuation.
+
+    ``selected[strategy]`` are the chunk texts in pick order (repeats allowed). The model
+    must hold ``base`` weights on entry and holds them again on return (checked).
+    """
+    nll, n_tok = ft.continuation_nll(model, tokenizer, doc.prompt, doc.continuation,
+                                     max_prompt_tokens=max_prompt_tokens)
+    rows = [{"doc": doc.key, "source": doc.source, "strategy": "base", "steps": 0,
+             "distinct": 0, "bpb": ft.bits_per_byte(nll, doc.continuation),
+             "tokens": n_tok, "first_loss": float("nan"), "last_loss": float("nan")}]
+    for strategy, texts in selected.items():
+        try:
+            losses = ft.test_time_finetune(model, tokenizer, texts, lr=lr,
+                                           max_tokens=max_train_tokens)
+            nll, n_tok = ft.continuation_nll(model, tokenizer, doc.prompt, doc.continuation,
+                                             max_prompt_tokens=max_prompt_tokens)
+        finally:
+            ft.restore(model, base)
+        rows.append({"doc": doc.key, "source": doc.source, "strategy": strategy,
+                     "steps": len(texts), "distinct": len(set(texts)),
+                     "bpb": ft.bits_per_byte(nll, doc.continuation), "tokens": n_tok,
+                     "first_loss": losses[0] if losses else float("nan"),
+                     "last_loss": losses[-1] if losses else float("nan")})
+    return rows
+
+
+# --------------------------------------------------------------------------- pool data
+
+
+@dataclass(frozen=True)
+class PoolPair:
+    item_id: str
+    source: str
+    prompt: str  # instruction + input, as the annotator sees it
+    response: str  # the sample's reference response ("annotation")
+
+
+def load_pool_pairs(pool: str | Path, references: str | Path) -> list[PoolPair]:
+    """Join ``pool.jsonl`` with ``pool_references.jsonl`` on item_id (the "annotation")."""
+    refs: dict[str, str] = {}
+    with open(references, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                r = json.loads(line)
+                refs[str(r["item_id"])] = r["response"]
+    out: list[PoolPair] = []
+    with open(pool, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            p = json.loads(line)
+            iid = str(p["item_id"])
+            if iid not in refs:
+                raise ValueError(f"{pool}:{lineno}: item {iid} has no reference response")
+            prompt = p["instruction"] + (("\n\n" + p["input"]) if p.get("input") else "")
+            out.append(PoolPair(iid, p.get("source", ""), prompt, refs[iid]))
+    return out
+
+
+def split_pool(pairs: Sequence[PoolPair], n_select: int, n_test: int, seed: int
+               ) -> tuple[list[int], list[int]]:
+    """Disjoint random (selection pool, test set) index lists for one seed."""
+    if n_select + n_test > len(pairs):
+        raise ValueError(f"pool has {len(pairs)} items; need {n_select} + {n_test}")
+    perm = np.random.default_rng(seed).permutation(len(pairs)).tolist()
+    return perm[n_test:n_test + n_select], perm[:n_test]
+
+
+def budget_sizes(n_pool: int, fractions: Sequence[float]) -> list[int]:
+    """Items per budget fraction (ceil, at least 1, at most the pool)."""
+    return [min(n_pool, max(1, math.ceil(f * n_pool - 1e-9))) for f in fractions]
+
+
+def rank_pool(strategy: str, emb: np.ndarray, targets: np.ndarray, n: int, *, seed: int,
+              lam: float = 0.1) -> list[int]:
+    """An order of ``n`` distinct pool items for ``strategy`` (prefixes are the budgets).
+
+    ``emb [n_pool, d]`` are the pool prompts' embeddings, ``targets [m, d]`` the test
+    prompts' (unlabelled, so a transductive strategy may look at them).
+
+    Hook: when the pool-ranking module ``sift_ops.pool_strategies`` exists and knows the
+    strategy, it decides; otherwise the strategies buildable from sift_ops.diversity and
+    sift_ops.sift are used: random, k_center, facility_location and sift (transductive,
+    toward the test prompts, the pool being the candidates).
+    """
+    external = _external_ranker()
+    if external is not None and strategy != "random":
+        try:
+            order = external(strategy, emb, n, targets=targets, seed=seed)
+            if order is not None:
+                return _distinct_prefix([int(i) for i in order], len(emb), n, seed)
+        except (KeyError, ValueError, TypeError) as err:
+            log.warning("sift_ops.pool_strategies could not rank %r (%s); using the local "
+                        "strategy", strategy, err)
+    from sift_ops import diversity, sift
+
+    if strategy == "random":
+        return np.random.default_rng(seed).permutation(len(emb))[:n].tolist()
+    if strategy == "k_center":
+        return diversity.k_center_greedy(emb, n).tolist()
+    if strategy == "facility_location":
+        order, _ = diversity.facility_location(emb, n, knn=min(32, len(emb) - 1))
+        return _distinct_prefix(order.tolist(), len(emb), n, seed)
+    if strategy == "sift":
+        # SIFT toward all test prompts at once (their summed posterior variance); with a
+        # small lam repeats rarely help, and the budget counts distinct items, so dedupe
+        sel = sift.sift_select(torch.from_numpy(targets)[None], torch.from_numpy(emb)[None],
+                               min(4 * n, 4 * len(emb)), lam)
+        picks = [int(i) for i in sel.indices[0].tolist() if i >= 0]
+        return _distinct_prefix(picks, len(emb), n, seed, fill=_by_similarity(emb, targets))
+    raise ValueError(f"unknown pool strategy {strategy!r}")
+
+
+def _by_similarity(emb: np.ndarray, targets: np.ndarray) -> list[int]:
+    score = (emb @ targets.T).mean(axis=1)
+    return np.argsort(-score, kind="stable").tolist()
+
+
+def _distinct_prefix(order: list[int], n_pool: int, n: int, seed: int,
+                     fill: list[int] | None = None) -> list[int]:
+    """The first ``n`` distinct items of ``order``, topped up from ``fill`` (or a seeded
+    permutation) when the strategy picked fewer."""
+    out: list[int] = []
+    seen: set[int] = set()
+    rest = fill if fill is not None else np.random.default_rng(seed).permutation(n_pool).tolist()
+    for i in [*order, *rest]:
+        if i not in seen and 0 <= i < n_pool:
+            seen.add(i)
+            out.append(i)
+            if len(out) == n:
+                break
+    return out
+
+
+def _external_ranker() -> Callable[..., Any] | None:
+    """``sift_ops.pool_strategies.rank_items`` adapted to (strategy, emb, n, targets, seed)
+    when that module exists (the pool-ranking issue), else None."""
+    try:
+        from sift_ops import pool_strategies  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    fn = getattr(pool_strategies, "rank_items", None)
+    if fn is None:
+        return None
+
+    def call(strategy: str, emb: np.ndarray, n: int, *, targets: np.ndarray, seed: int):
+        import inspect
+
+        params = inspect.signature(fn).parameters
+        kwargs = {k: v for k, v in {"strategy": strategy, "embeddings": emb, "emb": emb,
+                                    "budget": n, "n": n, "targets": targets, "seed": seed
+                                    }.items() if k in params}
+        res = fn(**kwargs)
+        order = getattr(res, "order", res)
+        if isinstance(order, tuple):
+            order = order[0]
+        return np.asarray(order).ravel()[:n]
+
+    return call
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def evaluation_rows(run_id: str, kind: str, records: Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows for the ``evaluations`` table from dicts with strategy, budget, seed, metric,
+    value."""
+    return pa.table({
+        "run_id": pa.array([run_id] * len(records), pa.string()),
+        "kind": pa.array([kind] * len(records), pa.string()),
+        "strategy": pa.array([r["strategy"] for r in records], pa.string()),
+        "budget": pa.array([float(r["budget"]) for r in records], pa.float64()),
+        "seed": pa.array([int(r["seed"]) for r in records], pa.int32()),
+        "metric": pa.array([r["metric"] for r in records], pa.string()),
+        "value": pa.array([float(r["value"]) for r in records], pa.float64()),
+    })
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0

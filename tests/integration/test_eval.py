@@ -1,0 +1,100 @@
+"""Smoke runs of the eval-ttt and eval-budget flows: a tiny sample embedded with real Ray,
+indexed with real faiss, a real Prefect API, a real DuckDB file, and the tiny random
+Llama (tests/tiny_lm.py) standing in for SmolLM2 so each flow takes seconds.
+
+The numbers mean nothing here (random model); the tests check the contract: rows per
+strategy and seed, finite metrics, restored weights, shared 100 % point, idempotent
+reruns, plots and reports on disk."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tasks import db
+from tasks.sample import build_sample
+from tasks.workspace import db_path
+from tests.tiny_lm import build_tiny_lm
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, prefect_harness, local_ray):
+    from flows.embed import embed_flow
+    from flows.index import index_flow
+
+    root = tmp_path_factory.mktemp("evalws")
+    sample = build_sample(root / "sample", n_docs=40, n_queries=2, pool_size=40)
+    embed_flow(corpus=sample["paths"]["pile_dir"], name="tiny", workspace=str(root))
+    index_flow(name="tiny", workspace=str(root))
+    lm = build_tiny_lm(root / "tiny-lm")
+    return SimpleNamespace(ws=str(root), sample=sample["out"], lm=str(lm))
+
+
+def _rows(ws: str, rid: str) -> list[tuple]:
+    return db.query(db_path(ws), "SELECT strategy, budget, seed, metric, value FROM "
+                    "evaluations WHERE run_id = ? ORDER BY ALL", [rid])
+
+
+def test_eval_ttt_smoke(ws):
+    from flows.eval_ttt import eval_ttt_flow
+
+    kwargs = dict(name="tiny", workspace=ws.ws, sample=ws.sample, n_docs=2, n=3, k=6,
+                  lr=1e-3, seeds=[0, 1], lm=ws.lm, max_train_tokens=48, prompt_chars=200,
+                  continuation_chars=120)
+    out = eval_ttt_flow(**kwargs)
+    rows = _rows(ws.ws, out["run_id"])
+    bpb = {(s, seed): v for s, _b, seed, m, v in rows if m == "bpb"}
+    assert set(bpb) == {(s, seed) for s in ("base", "sift", "nn", "random") for seed in (0, 1)}
+    assert all(math.isfinite(v) and v > 0 for v in bpb.values())
+    # fine-tuning really changed the model between base and the strategies
+    assert any(abs(bpb[(s, 0)] - bpb[("base", 0)]) > 1e-6 for s in ("sift", "nn", "random"))
+    budgets = {(s, b) for s, b, _seed, m, _v in rows if m == "bpb"}
+    assert ("base", 0.0) in budgets and ("sift", 3.0) in budgets
+    distinct = {(s, seed): v for s, _b, seed, m, v in rows if m == "distinct_chunks"}
+    assert all(1 <= v <= 3 for v in distinct.values())
+    assert all(v == 3 for (s, _), v in distinct.items() if s == "nn")  # NN never repeats
+    report = Path(ws.ws) / "reports" / out["run_id"]
+    docs = [json.loads(x) for x in (report / "ttt_documents.jsonl").read_text().splitlines()]
+    assert len(docs) == 2 * 2 * 4  # seeds x documents x (base + 3 strategies)
+    assert (report / "ttt_bpb.png").stat().st_size > 5_000
+    status = db.query(db_path(ws.ws), "SELECT status FROM runs WHERE run_id = ?",
+                      [out["run_id"]])
+    assert status == [("completed",)]
+    # a rerun of the same job replaces its rows (and, being deterministic, reproduces them)
+    again = eval_ttt_flow(**kwargs)
+    assert again["run_id"] == out["run_id"]
+    rerun = _rows(ws.ws, out["run_id"])
+    assert [r[:4] for r in rerun] == [r[:4] for r in rows]
+    assert [r[4] for r in rerun] == pytest.approx([r[4] for r in rows], rel=1e-4)
+
+
+def test_eval_budget_smoke(ws):
+    from flows.eval_budget import eval_budget_flow
+
+    out = eval_budget_flow(workspace=ws.ws, sample=ws.sample, n_select=12, n_test=4,
+                           budgets=[0.25, 0.5], seeds=[0, 1], lm=ws.lm, lr=1e-3,
+                           batch_size=4, max_prompt_tokens=48, max_response_tokens=16)
+    rows = _rows(ws.ws, out["run_id"])
+    loss = {(s, b, seed): v for s, b, seed, m, v in rows if m == "test_loss"}
+    strategies = ("random", "k_center", "facility_location", "sift")
+    for seed in (0, 1):
+        assert ("base", 0.0, seed) in loss
+        for s in strategies:
+            for b in (0.25, 0.5, 1.0):
+                assert math.isfinite(loss[(s, b, seed)])
+            # all strategies share the random-at-100 % run
+            assert loss[(s, 1.0, seed)] == loss[("random", 1.0, seed)]
+    items = {(s, b, seed): v for s, b, seed, m, v in rows if m == "train_items"}
+    assert items[("sift", 0.25, 0)] == 3 and items[("k_center", 0.5, 1)] == 6
+    assert items[("random", 1.0, 0)] == 12
+    # training on more data moved the test loss away from the base model's
+    assert loss[("random", 1.0, 0)] != loss[("base", 0.0, 0)]
+    assert set(out["reached"]) == set(strategies)
+    assert out["reached"]["random"] is not None  # random reaches itself, at 100 % at worst
+    assert Path(out["plot"]).stat().st_size > 5_000
