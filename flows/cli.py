@@ -16,6 +16,7 @@ import typer
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Data curation for LLM fine-tuning: embed a corpus with Ray, index it with faiss, "
     "select data with SIFT, write results to DuckDB. Each command runs a Prefect flow.",
 )
@@ -25,6 +26,12 @@ Workspace = Annotated[
     typer.Option("--workspace", "-w", envvar="SIFT_WORKSPACE",
                  help="Workspace folder (corpora, indices, curation.duckdb). "
                  "Default: $SIFT_WORKSPACE or ./workspace."),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(envvar="RAY_ADDRESS",
+                 help="Ray cluster to run on (e.g. 10.0.0.5:6379 or 'auto'); default: "
+                 "$RAY_ADDRESS, else a local Ray started for this run."),
 ]
 RunId = Annotated[
     str | None,
@@ -83,6 +90,10 @@ def embed(
                                             "corpus: resuming relies on it)")] = 2000,
     actors: Annotated[int, typer.Option(help="Max encoder actors (Ray autoscales 1..N)")] = 1,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per encoder actor (0: CPU)")] = 0.0,
+    ray_address: RayAddress = None,
+    trust_remote_code: Annotated[bool, typer.Option(
+        help="Allow an encoder folder whose config asks for custom Python code "
+        "(refused by default: it runs code from that folder)")] = False,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
@@ -92,7 +103,8 @@ def embed(
 
     _show(embed_flow(corpus=corpus, name=name, workspace=ws, model=model,
                      batch_size=batch_size, max_tokens=max_tokens, shard_docs=shard_docs,
-                     actors=actors, gpus_per_actor=gpus_per_actor, run_id=run_id))
+                     actors=actors, gpus_per_actor=gpus_per_actor, ray_address=ray_address,
+                     trust_remote_code=trust_remote_code, run_id=run_id))
 
 
 @app.command()
@@ -104,6 +116,7 @@ def index(
     train_size: Annotated[int, typer.Option(help="Vectors sampled to train IVF/PQ once")]
     = 50_000,
     rebuild: Annotated[bool, typer.Option(help="Drop existing shard indices first")] = False,
+    ray_address: RayAddress = None,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
@@ -112,7 +125,7 @@ def index(
     from flows.index import index_flow
 
     _show(index_flow(name=name, workspace=ws, factory=factory, train_size=train_size,
-                     rebuild=rebuild, run_id=run_id))
+                     rebuild=rebuild, ray_address=ray_address, run_id=run_id))
 
 
 @app.command()
@@ -285,10 +298,19 @@ def sql(
 
 
 def main() -> None:
+    """Console entry point: a failing run ends with one clear line (set SIFT_DEBUG=1 for
+    the traceback); Prefect has already logged the details of a failed flow run."""
+    import os
+
     try:
-        app()
+        app()  # usage errors are typer's (exit 2); anything else comes here
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as err:
+        if os.environ.get("SIFT_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

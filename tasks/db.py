@@ -3,11 +3,17 @@
 DuckDB allows one read-write process per file, so only the flow's driver process opens the
 database, briefly, inside one transaction per write; Ray workers never touch it. Every
 write of a run's rows first deletes that run's rows, so a rerun replaces and never doubles.
+Concurrent runs on one workspace queue on an flock beside the file (writers exclusive,
+readers shared), so their writes are serialised instead of failing on DuckDB's lock.
+Every start of a run is an *attempt* in ``run_attempts``; an attempt still marked
+'running' whose process is gone is recorded as 'crashed' when the run starts again.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +24,18 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from tasks.locks import WorkspaceBusy, hold
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, flow VARCHAR NOT NULL, status VARCHAR NOT NULL,
     params JSON, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, summary JSON
+);
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS attempts INTEGER;
+CREATE TABLE IF NOT EXISTS run_attempts (
+    run_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, status VARCHAR NOT NULL,
+    pid INTEGER, host VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+    error VARCHAR
 );
 CREATE TABLE IF NOT EXISTS corpora (
     name VARCHAR PRIMARY KEY, path VARCHAR, model VARCHAR, dim INTEGER, n_chunks BIGINT,
@@ -66,52 +80,115 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+#: Seconds a process waits for another one's DuckDB transaction before giving up.
+LOCK_WAIT_S = float(os.environ.get("SIFT_DB_LOCK_WAIT_S", "300"))
+
+
 @contextmanager
 def connect(path: str | Path, *, read_only: bool = False, retries: int = 20) -> Iterator:
-    """Open the database (creating schema on write); retry briefly while another process
-    holds the file, then fail with a message that says so."""
+    """Open the database (creating the schema on write) while holding its flock.
+
+    Writers wait for each other (and readers for writers) up to :data:`LOCK_WAIT_S`. A
+    process outside this tool holding the file (e.g. a ``duckdb`` shell) is retried
+    briefly, then reported by name.
+    """
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for attempt in range(retries):
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: no curation database yet (run a flow first)")
+    with hold(path.with_name(path.name + ".lock"), f"DuckDB file {path.name}",
+              shared=read_only, wait_s=LOCK_WAIT_S):
+        last: Exception | None = None
+        for attempt in range(retries):
+            try:
+                con = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as err:  # lock held by a process outside this tool
+                last = err
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        else:
+            raise WorkspaceBusy(
+                f"workspace busy: {path} is held by another process ({last}); DuckDB allows "
+                "one writer per file, close other sessions on it"
+            ) from last
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
-        except duckdb.IOException as err:  # lock held by another process
-            last = err
-            time.sleep(min(0.1 * 2**attempt, 2.0))
-    else:
-        raise RuntimeError(
-            f"{path}: could not open DuckDB ({last}). Another process holds it read-write; "
-            "DuckDB allows one writer per file"
-        ) from last
+            if not read_only:
+                con.execute(SCHEMA)
+            yield con
+        finally:
+            con.close()
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    """Whether the process that started an attempt still runs. Only checkable on this
+    host; an attempt from another host is taken as ended (one driver host per workspace)."""
+    if pid is None or host != socket.gethostname():
+        return False
     try:
-        if not read_only:
-            con.execute(SCHEMA)
-        yield con
-    finally:
-        con.close()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
-def start_run(path: str | Path, run_id: str, flow: str, params: dict[str, Any]) -> None:
-    """Insert or reset the ``runs`` row of ``run_id`` (status 'running')."""
+def start_run(path: str | Path, run_id: str, flow: str, params: dict[str, Any]) -> int:
+    """Start a new attempt of ``run_id``: reset its ``runs`` row to 'running', record the
+    attempt, and mark earlier attempts whose process died as 'crashed'. Returns the
+    attempt number (1 for the first). Refuses when the same run is live in another process.
+    """
+    me, host, now = os.getpid(), socket.gethostname(), _now()
     with connect(path) as con:
         con.execute("BEGIN")
-        con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
-        con.execute(
-            "INSERT INTO runs VALUES (?, ?, 'running', ?, ?, NULL, NULL)",
-            [run_id, flow, json.dumps(params, default=str, sort_keys=True), _now()],
-        )
-        con.execute("COMMIT")
+        try:
+            for attempt, pid, ahost in con.execute(
+                "SELECT attempt, pid, host FROM run_attempts WHERE run_id = ? AND "
+                "status = 'running'", [run_id]).fetchall():
+                if pid != me and _alive(pid, ahost):
+                    raise WorkspaceBusy(
+                        f"workspace busy: run {run_id!r} is already running (attempt "
+                        f"{attempt}, pid {pid} on {ahost})"
+                    )
+                con.execute(
+                    "UPDATE run_attempts SET status = 'crashed', finished_at = ?, error = ? "
+                    "WHERE run_id = ? AND attempt = ?",
+                    [now, f"process {pid} on {ahost} ended without finishing the run",
+                     run_id, attempt])
+            n = con.execute("SELECT coalesce(max(attempt), 0) + 1 FROM run_attempts "
+                            "WHERE run_id = ?", [run_id]).fetchone()[0]
+            con.execute("INSERT INTO run_attempts VALUES (?, ?, 'running', ?, ?, ?, NULL, NULL)",
+                        [run_id, n, me, host, now])
+            con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            con.execute(
+                "INSERT INTO runs (run_id, flow, status, params, started_at, attempts) "
+                "VALUES (?, ?, 'running', ?, ?, ?)",
+                [run_id, flow, json.dumps(params, default=str, sort_keys=True), now, n],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return int(n)
 
 
-def finish_run(path: str | Path, run_id: str, status: str, summary: dict | None = None) -> None:
+def finish_run(path: str | Path, run_id: str, status: str, summary: dict | None = None,
+               attempt: int | None = None) -> None:
+    """Close the run (and its attempt) with ``status``: 'completed' or 'failed'."""
+    now = _now()
     with connect(path) as con:
+        con.execute("BEGIN")
         con.execute(
             "UPDATE runs SET status = ?, finished_at = ?, summary = ? WHERE run_id = ?",
-            [status, _now(), json.dumps(summary or {}, default=str), run_id],
+            [status, now, json.dumps(summary or {}, default=str), run_id],
         )
+        if attempt is not None:
+            con.execute(
+                "UPDATE run_attempts SET status = ?, finished_at = ?, error = ? "
+                "WHERE run_id = ? AND attempt = ?",
+                [status, now, (summary or {}).get("error"), run_id, attempt])
+        con.execute("COMMIT")
 
 
 def replace_run_rows(path: str | Path, table: str, run_id: str, rows: pa.Table) -> int:

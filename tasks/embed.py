@@ -71,6 +71,8 @@ class EmbedConfig:
     actors: int = 1
     gpus_per_actor: float = 0.0
     threads_per_actor: int | None = None
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray
+    trust_remote_code: bool = False  # an encoder folder with custom code is refused unless set
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -200,13 +202,14 @@ class ShardEmbedder:
     """Ray Data actor: holds the encoder; turns each shard row into one Parquet file."""
 
     def __init__(self, out_dir: str, quarantine_dir: str, model: str | None, batch_size: int,
-                 max_tokens: int | None, threads: int | None) -> None:
+                 max_tokens: int | None, threads: int | None,
+                 trust_remote_code: bool = False) -> None:
         from sift_ops.embedding import TextEncoder
 
         self.out_dir = Path(out_dir)
         self.quarantine_dir = Path(quarantine_dir)
         self.encoder = TextEncoder(model, batch_size=batch_size, max_tokens=max_tokens,
-                                   threads=threads)
+                                   threads=threads, trust_remote_code=trust_remote_code)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self._embed_shard(batch.slice(i, 1).to_pylist()[0])
@@ -368,12 +371,13 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
     import ray
 
     from sift_ops.embedding import TextEncoder
-    from tasks.ray_runtime import ensure_ray
+    from tasks.ray_runtime import ensure_ray, ray_info
 
-    resources = ensure_ray()
+    resources = ensure_ray(address=cfg.ray_address)
     # Load the encoder once on the driver to resolve the model's name, dim and window size
     # (and fail here, not inside an actor, when the model folder is wrong).
-    probe = TextEncoder(cfg.model, max_tokens=cfg.max_tokens, device="cpu")
+    probe = TextEncoder(cfg.model, max_tokens=cfg.max_tokens, device="cpu",
+                        trust_remote_code=cfg.trust_remote_code)
     manifest = prepare_corpus(paths, corpus, cfg, probe.name, probe.dim, probe.max_tokens)
     del probe
     n_tmp = clean_partial_files(paths)
@@ -403,7 +407,7 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
         fn_constructor_kwargs={
             "out_dir": str(paths.embeddings), "quarantine_dir": str(paths.quarantine),
             "model": cfg.model, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
-            "threads": threads,
+            "threads": threads, "trust_remote_code": cfg.trust_remote_code,
         },
         batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.actors, 1)),
@@ -430,5 +434,5 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
         "bad_lines_total": manifest["n_bad"], "bad_lines_this_run":
             sum(s["n_bad"] for s in new_shards),
         "seconds": seconds, "chunks_per_s": new_chunks / seconds if seconds > 0 else 0.0,
-        "quarantine": str(paths.quarantine), "new_shards": new_shards,
+        "quarantine": str(paths.quarantine), "new_shards": new_shards, "ray": ray_info(),
     }

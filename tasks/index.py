@@ -47,7 +47,8 @@ def _build_one(emb_path: str, index_path: str, dim: int, template: bytes | None,
 
 
 def build_indices(paths: CorpusPaths, factory: str = fx.DEFAULT_FACTORY, *,
-                  train_size: int = 50_000, rebuild: bool = False, progress=None) -> dict:
+                  train_size: int = 50_000, rebuild: bool = False, progress=None,
+                  ray_address: str | None = None) -> dict:
     """One faiss index per embedding shard; returns a summary and writes ``index.json``.
 
     Shards whose index already exists for the same factory are skipped; a different
@@ -105,7 +106,7 @@ def build_indices(paths: CorpusPaths, factory: str = fx.DEFAULT_FACTORY, *,
         else:
             todo.append((shard, index_path))
 
-    ensure_ray()
+    ensure_ray(address=ray_address)
     build = ray.remote(num_cpus=1)(_build_one)
     template_ref = ray.put(template)
     pending = {

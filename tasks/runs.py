@@ -28,6 +28,7 @@ class RunRecord:
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
+        self.attempt = 1
         self.summary: dict[str, Any] = {}
 
 
@@ -41,11 +42,13 @@ def tracked_run(db_file: str | Path, run_id: str, flow: str,
         params = {**params, "prefect_flow_run_id": str(flow_run.id or "")}
     except Exception:  # outside a flow run: nothing to record
         pass
-    db.start_run(db_file, run_id, flow, params)
+    attempt = db.start_run(db_file, run_id, flow, params)
     record = RunRecord(run_id)
+    record.attempt = attempt
     try:
         yield record
     except BaseException as err:
-        db.finish_run(db_file, run_id, "failed", {**record.summary, "error": repr(err)})
+        db.finish_run(db_file, run_id, "failed", {**record.summary, "error": repr(err)},
+                      attempt)
         raise
-    db.finish_run(db_file, run_id, "completed", record.summary)
+    db.finish_run(db_file, run_id, "completed", record.summary, attempt)

@@ -68,6 +68,11 @@ def db_path(workspace: str | Path | None = None) -> Path:
     return workspace_root(workspace) / "curation.duckdb"
 
 
+def lock_path(workspace: str | Path | None, kind: str, name: str) -> Path:
+    """The flock file guarding one resource (e.g. kind "corpus") of the workspace."""
+    return workspace_root(workspace) / ".locks" / f"{kind}-{check_name(name, kind + ' name')}.lock"
+
+
 def reports_dir(workspace: str | Path | None, run_id: str) -> Path:
     path = workspace_root(workspace) / "reports" / run_id
     path.mkdir(parents=True, exist_ok=True)

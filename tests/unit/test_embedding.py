@@ -55,3 +55,21 @@ def test_length_sorting_does_not_change_the_order(encoder):
     np.testing.assert_allclose(encoder.encode(texts), encoder.encode(texts, sort_by_length=False),
                                atol=1e-5)
     assert encoder.encode([]).shape == (0, 384)
+
+
+@pytest.mark.parametrize("role", ["encoder", "causal LM"])
+def test_model_folders_that_ask_for_custom_code_are_refused(tmp_path, role):
+    import json
+
+    from sift_ops.causal_lm import resolve_lm_path
+    from sift_ops.embedding import resolve_encoder_path
+
+    resolve = resolve_encoder_path if role == "encoder" else resolve_lm_path
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "evil", "auto_map": {"AutoModel": "modeling_evil.EvilModel"}}))
+    with pytest.raises(PermissionError, match=f"{role} folder .* asks for custom code"):
+        resolve(str(tmp_path))
+    assert resolve(str(tmp_path), trust_remote_code=True) == str(tmp_path)
+    (tmp_path / "config.json").write_bytes(b"\xff not json")
+    with pytest.raises(ValueError, match="not a valid JSON config"):
+        resolve(str(tmp_path))
