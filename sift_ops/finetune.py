@@ -183,14 +183,18 @@ class PairExample:
     labels: list[int]
 
 
-def encode_pair(tokenizer: Any, prompt: str, response: str, *, max_prompt_tokens: int = 192,
+def encode_pair(tokenizer: Any, prompt: str, response: str, *, max_prompt_tokens: int = 128,
                 max_response_tokens: int = 96) -> PairExample:
     """Chat-format ``prompt`` as a user turn and ``response`` as the assistant turn.
 
     Only response tokens (and the end-of-turn token, when the template has one) carry
-    labels. The prompt is cut from the left (its end, next to the answer, matters most)
-    and the response from the right, to the given token counts.
+    labels. The prompt text is cut to its first ``max_prompt_tokens`` tokens before the
+    chat template is applied (the instruction comes first and must survive; template
+    tokens come on top), the response to its first ``max_response_tokens``.
     """
+    raw = _ids(tokenizer, prompt)
+    if len(raw) > max_prompt_tokens:
+        prompt = tokenizer.decode(raw[:max_prompt_tokens])
     if getattr(tokenizer, "chat_template", None):
         head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                              tokenize=False, add_generation_prompt=True)
@@ -201,8 +205,6 @@ def encode_pair(tokenizer: Any, prompt: str, response: str, *, max_prompt_tokens
         p_ids = _ids(tokenizer, prompt + "\n")
         tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     r_ids = _ids(tokenizer, response)[:max_response_tokens] + tail
-    if len(p_ids) > max_prompt_tokens:
-        p_ids = p_ids[-max_prompt_tokens:]
     return PairExample(p_ids + r_ids, [IGNORE] * len(p_ids) + r_ids)
 
 

@@ -103,10 +103,13 @@ def test_encode_pair_masks_prompt_and_sft_lowers_response_loss(tiny):
         n_labelled = sum(1 for x in ex.labels if x != IGNORE)
         assert n_labelled == len("sport") + 1  # response chars + <|im_end|>
         assert ex.labels[-n_labelled:] == ex.input_ids[-n_labelled:]
-        cut = encode_pair(tok, "x" * 500, "ok", max_prompt_tokens=10)
-        assert len(cut.input_ids) == 10 + 3
+        cut = encode_pair(tok, "instruction: " + "x" * 500, "ok", max_prompt_tokens=16)
+        # the first 16 prompt tokens (one per character) survive: the instruction + 3 x's
+        assert cut.input_ids.count(tok.convert_tokens_to_ids("x")) == 16 - len("instruction: ")
+        assert tok.convert_tokens_to_ids(":") in cut.input_ids
+        assert sum(1 for x in cut.labels if x != IGNORE) == 3
         batch = collate_right([ex, cut], tok.pad_token_id)
-        assert batch["input_ids"].shape == (2, len(ex.input_ids))
+        assert batch["input_ids"].shape == (2, max(len(ex.input_ids), len(cut.input_ids)))
         assert int(batch["attention_mask"][1].sum()) == len(cut.input_ids)
         examples = [encode_pair(tok, f"Question {i}?", "answer") for i in range(6)]
         nll0, n0 = pairs_nll(model, examples, tok.pad_token_id, batch_size=4)
