@@ -13,11 +13,12 @@ from tqdm.auto import tqdm
 from tasks import artifacts, db
 from tasks.embed import EmbedConfig, run_embedding
 from tasks.locks import hold
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.runs import make_run_id, tracked_run
 from tasks.workspace import CorpusPaths, db_path, lock_path
 
 
-@task(name="embed-shards", persist_result=False, cache_policy=NO_CACHE)
+@task(name="embed-shards", persist_result=False, cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def embed_shards(corpus: str, workspace: str | None, name: str, cfg: EmbedConfig) -> dict:
     logger = get_run_logger()
     paths = CorpusPaths(workspace, name)

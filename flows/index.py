@@ -12,11 +12,13 @@ from sift_ops.index import DEFAULT_FACTORY
 from tasks import artifacts
 from tasks.index import build_indices
 from tasks.locks import hold
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.runs import make_run_id, tracked_run
 from tasks.workspace import CorpusPaths, db_path, lock_path
 
 
-@task(name="build-shard-indices", persist_result=False, cache_policy=NO_CACHE)
+@task(name="build-shard-indices", persist_result=False, cache_policy=NO_CACHE,
+      **TRANSIENT_RETRIES)
 def build_shard_indices(workspace: str | None, name: str, factory: str, train_size: int,
                         rebuild: bool, ray_address: str | None = None) -> dict:
     logger = get_run_logger()

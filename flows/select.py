@@ -13,19 +13,21 @@ from tqdm.auto import tqdm
 from tasks import artifacts, db
 from tasks.corpus import CorpusReader
 from tasks.plots import variance_curves
+from tasks.retry import TRANSIENT_RETRIES
 from tasks.runs import make_run_id, tracked_run
 from tasks.select import STRATEGIES, load_queries, select_for_queries, selection_rows
 from tasks.workspace import CorpusPaths, db_path, reports_dir
 
 
-@task(name="embed-queries", persist_result=False, cache_policy=NO_CACHE)
+@task(name="embed-queries", persist_result=False, cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def embed_queries(texts: list[str], model: str, max_tokens: int) -> np.ndarray:
     from sift_ops.embedding import TextEncoder
 
     return TextEncoder(model, max_tokens=max_tokens).encode(texts)
 
 
-@task(name="retrieve-and-select", persist_result=False, cache_policy=NO_CACHE)
+@task(name="retrieve-and-select", persist_result=False, cache_policy=NO_CACHE,
+      **TRANSIENT_RETRIES)
 def retrieve_and_select(workspace: str | None, name: str, query_emb: np.ndarray, k: int,
                         n: int, lam: float, strategy: str, seed: int,
                         min_gain: float | None, nprobe: int | None) -> dict:
