@@ -70,10 +70,47 @@ CREATE TABLE IF NOT EXISTS evaluations (
     run_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, strategy VARCHAR NOT NULL,
     budget DOUBLE, seed INTEGER, metric VARCHAR NOT NULL, value DOUBLE
 );
+-- instruction-pool curation (rank / handoff): labelled items, costs, groups, bad rows
+ALTER TABLE pool_items ADD COLUMN IF NOT EXISTS output VARCHAR;
+ALTER TABLE pool_items ADD COLUMN IF NOT EXISTS cost DOUBLE;
+ALTER TABLE pool_items ADD COLUMN IF NOT EXISTS file VARCHAR;
+ALTER TABLE pool_items ADD COLUMN IF NOT EXISTS line BIGINT;
+ALTER TABLE budgets ADD COLUMN IF NOT EXISTS strategy VARCHAR;
+ALTER TABLE budgets ADD COLUMN IF NOT EXISTS n_items BIGINT;
+ALTER TABLE budgets ADD COLUMN IF NOT EXISTS n_selected BIGINT;
+ALTER TABLE selections ADD COLUMN IF NOT EXISTS grp VARCHAR;
+ALTER TABLE selections ADD COLUMN IF NOT EXISTS cost DOUBLE;
+CREATE TABLE IF NOT EXISTS quarantine (
+    run_id VARCHAR NOT NULL, pool_name VARCHAR NOT NULL, file VARCHAR, line BIGINT,
+    reason VARCHAR, raw VARCHAR
+);
+-- the latest completed run of each (pool, strategy), with the item text
+CREATE OR REPLACE VIEW selected_for_annotation AS
+WITH latest AS (
+    SELECT k.pool_name, k.strategy, k.run_id,
+           row_number() OVER (PARTITION BY k.pool_name, k.strategy
+                              ORDER BY r.finished_at DESC, k.run_id) AS rn
+    FROM (SELECT DISTINCT run_id, pool_name, strategy FROM selections) k
+    JOIN runs r ON r.run_id = k.run_id
+    WHERE r.status = 'completed')
+SELECT s.pool_name, s.strategy, s.run_id, s.rank, s.batch, s.score, s.grp, s.cost,
+       s.item_id, p.source, p.instruction, p.input
+FROM latest l
+JOIN selections s ON s.run_id = l.run_id AND s.pool_name = l.pool_name
+                 AND s.strategy = l.strategy
+JOIN pool_items p ON p.pool_name = s.pool_name AND p.item_id = s.item_id
+WHERE l.rn = 1;
+-- per run, strategy and group: budget, allocation, spend, items
+CREATE OR REPLACE VIEW budget_summary AS
+SELECT b.run_id, b.pool_name, b.strategy, b.grp, b.unit, b.total, b.allocated, b.spent,
+       b.n_items, b.n_selected,
+       b.spent / NULLIF(b.allocated, 0) AS spent_fraction,
+       r.finished_at
+FROM budgets b LEFT JOIN runs r ON r.run_id = b.run_id;
 """
 
 RUN_TABLES = ("test_time_selections", "item_scores", "budgets", "selections", "handoffs",
-              "evaluations")
+              "evaluations", "quarantine")
 
 
 def _now() -> datetime:
