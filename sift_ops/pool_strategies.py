@@ -234,14 +234,18 @@ def rank_items(
         raise ValueError(f"per-item arrays disagree on the pool size: {sorted(set(sizes))}")
     if strategy in DIVERSITY_STRATEGIES and emb is None:
         raise ValueError(f"strategy {strategy!r} needs prompt embeddings")
-    need_scores = strategy in LM_STRATEGIES or allocation == "uncertainty"
-    prio = None
-    if need_scores:
-        metric = strategy if strategy in UNCERTAINTY_KEYS else uncertainty_metric
+    def priority(metric: str) -> np.ndarray:
         if not scores or metric not in scores:
             raise ValueError(f"strategy {strategy!r} / allocation {allocation!r} needs LM "
                              f"uncertainty scores ({metric!r})")
-        prio = uncertainty_priority(metric, scores[metric])
+        return uncertainty_priority(metric, scores[metric])
+
+    # ranking by the strategy's own metric; weights (allocation, weighted facility
+    # location) by uncertainty_metric, so every strategy gets the same allocation
+    prio = priority(strategy) if strategy in UNCERTAINTY_KEYS else None
+    unit_w = None
+    if strategy == "uncertainty_facility_location" or allocation == "uncertainty":
+        unit_w = _unit_weights(priority(uncertainty_metric))
     cost = np.ones(n) if costs is None else np.asarray(costs, dtype=np.float64)
     lab = np.zeros(n, dtype=bool) if labeled is None else np.asarray(labeled, dtype=bool)
     if groups is None:
@@ -252,7 +256,6 @@ def rank_items(
     sel_mask = ~lab
     n_items = np.bincount(gid[sel_mask], minlength=G)
     available = np.bincount(gid[sel_mask], weights=cost[sel_mask], minlength=G)
-    unit_w = _unit_weights(prio) if prio is not None else None
     group_w = None
     if allocation == "uncertainty":
         group_w = np.bincount(gid[sel_mask], weights=unit_w[sel_mask], minlength=G)

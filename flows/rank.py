@@ -1,0 +1,340 @@
+"""Flow ``rank``: choose which instructions of an unlabeled pool to annotate.
+
+    ingest (validate, quarantine, dedupe; pool_items)            tasks.pool
+      -> LM uncertainty, only if a strategy / the allocation / a token budget needs it
+         (Ray Data actor stage: greedy answers, item_scores)     tasks.lm_scoring
+      -> prompt embeddings, only for diversity strategies         tasks.lm_scoring
+      -> per strategy: budget allocation per source, selection,   sift_ops.pool_strategies
+         annotation batches (selections, budgets)
+      -> plots + a markdown artifact
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
+
+from sift_ops.budget import item_costs
+from sift_ops.generation import SCORE_KEYS
+from sift_ops.pool_strategies import STRATEGIES, needs_embeddings, needs_lm, rank_items
+from sift_ops.uncertainty import UNCERTAINTY_KEYS
+from tasks import artifacts, db
+from tasks.lm_scoring import embed_pool, score_pool
+from tasks.pool import Pool, read_pool, read_targets, store_pool, write_pool_parquet
+from tasks.rank_plots import budget_bars, score_distributions, selection_map
+from tasks.runs import make_run_id, tracked_run
+from tasks.workspace import CorpusPaths, check_name, db_path, reports_dir, workspace_root
+
+UNITS = ("items", "tokens")
+DEFAULT_STRATEGIES = ("random", "mean_entropy", "k_center", "facility_location")
+
+
+@task(name="ingest-pool", persist_result=False, cache_policy=NO_CACHE)
+def ingest_pool(pool: str, pool_name: str, workspace: str | None, run_id: str,
+                strict: bool) -> tuple[Pool, str]:
+    logger = get_run_logger()
+    p = read_pool(pool, strict=strict)
+    store_pool(db_path(workspace), run_id, pool_name, p)
+    parquet = write_pool_parquet(p, workspace, pool_name)
+    n_lab = sum(p.labeled)
+    logger.info("pool %s: %d rows in %d file(s) -> %d items (%d already labelled), %d exact "
+                "duplicates collapsed, %d rows quarantined", pool_name, p.n_rows, len(p.files),
+                p.items.num_rows, n_lab, p.n_duplicates, len(p.quarantined))
+    for q in p.quarantined[:10]:
+        logger.warning("quarantined %s:%d: %s", q["file"], q["line"], q["reason"])
+    if p.items.num_rows - n_lab == 0:
+        raise ValueError(f"pool {pool!r} has no unlabelled items to rank "
+                         f"({len(p.quarantined)} rows quarantined, {n_lab} labelled)")
+    return p, str(parquet)
+
+
+@task(name="score-uncertainty", persist_result=False, cache_policy=NO_CACHE)
+def score_uncertainty(parquet: str, n_unlabeled: int, lm: str | None, workspace: str | None,
+                      max_new_tokens: int, gen_batch_size: int, actors: int,
+                      trust_remote_code: bool, ray_address: str | None
+                      ) -> tuple[pa.Table, dict]:
+    from sift_ops.causal_lm import resolve_lm_path
+
+    logger = get_run_logger()
+    # resolve (and, the first time, convert the bundled GGUF) on the driver, once
+    lm_path = resolve_lm_path(lm, workspace_root(workspace) / "models",
+                              trust_remote_code=trust_remote_code)
+    bar = tqdm(total=n_unlabeled, desc="LM uncertainty", unit="item", file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        table, stats = score_pool(parquet, lm_path, max_new_tokens=max_new_tokens,
+                                  gen_batch_size=gen_batch_size, actors=actors,
+                                  progress=bar.update, ray_address=ray_address)
+    finally:
+        bar.close()
+    stats["lm"] = lm_path
+    logger.info("LM %s: scored %d items in %.1f s (%.2f items/s, max %d new tokens)", lm_path,
+                stats["rows"], stats["seconds"], stats["items_per_s"], max_new_tokens)
+    return table, stats
+
+
+@task(name="embed-prompts", persist_result=False, cache_policy=NO_CACHE)
+def embed_prompts(parquet: str, n_items: int, model: str | None, max_tokens: int | None,
+                  ray_address: str | None) -> tuple[pa.Table, dict]:
+    logger = get_run_logger()
+    bar = tqdm(total=n_items, desc="embed prompts", unit="item", file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        table, stats = embed_pool(parquet, model, max_tokens, progress=bar.update,
+                                  ray_address=ray_address)
+    finally:
+        bar.close()
+    logger.info("embedded %d prompts in %.1f s (%.1f items/s)", stats["rows"],
+                stats["seconds"], stats["rows_per_s"])
+    return table, stats
+
+
+def _align(ids: pa.Array, table: pa.Table) -> np.ndarray:
+    """Row of ``table`` for each item id (-1 where missing)."""
+    pos = pc.index_in(ids, value_set=table.column("item_id")).to_numpy(zero_copy_only=False)
+    return np.where(np.isnan(pos.astype(float)), -1, pos).astype(np.int64)
+
+
+def _encoder_for(corpus: str | None, encoder: str | None, workspace: str | None
+                 ) -> tuple[str | None, int | None]:
+    """The corpus's encoder (so pool and corpus share an embedding space), else --encoder,
+    else the bundled default."""
+    if corpus:
+        manifest = CorpusPaths(workspace, corpus).load_manifest()
+        return manifest["model"], manifest.get("max_tokens")
+    return encoder, None
+
+
+@task(name="select-for-annotation", persist_result=False, cache_policy=NO_CACHE)
+def select_all(strategies: list[str], emb, scores, costs, groups, labeled, budget: float,
+               allocation: str, targets, uncertainty_metric: str, batch_size: int | None,
+               seed: int, knn: int, lam: float) -> dict[str, Any]:
+    import time
+
+    logger = get_run_logger()
+    out = {}
+    for s in tqdm(strategies, desc="strategies", file=sys.stderr, dynamic_ncols=True):
+        t0 = time.perf_counter()
+        r = rank_items(s, emb, scores, costs, groups, budget, allocation=allocation,
+                       labeled=labeled, targets=targets, uncertainty_metric=uncertainty_metric,
+                       batch_size=batch_size, seed=seed, knn=knn, lam=lam)
+        secs = time.perf_counter() - t0
+        out[s] = (r, secs)
+        logger.info("%s: %d items, spent %.0f of %.0f (%s) in %.2f s", s, len(r.index),
+                    r.spent.sum(), r.allocated.sum(), allocation, secs)
+    return out
+
+
+def _score_rows(rid: str, pool_name: str, item_ids: list[str], scores: dict[str, np.ndarray],
+                unlabeled: np.ndarray) -> pa.Table:
+    """Long rows for item_scores: one per (unlabelled item, metric) with a finite value."""
+    ids, metrics, values = [], [], []
+    id_arr = np.asarray(item_ids, dtype=object)
+    for k, v in scores.items():
+        ok = unlabeled & np.isfinite(v)
+        ids.append(id_arr[ok])
+        metrics.append(np.full(int(ok.sum()), k, dtype=object))
+        values.append(v[ok])
+    n = sum(len(x) for x in ids)
+    return pa.table({
+        "run_id": pa.array([rid] * n, pa.string()),
+        "pool_name": pa.array([pool_name] * n, pa.string()),
+        "item_id": pa.array(np.concatenate(ids) if ids else [], pa.string()),
+        "metric": pa.array(np.concatenate(metrics) if metrics else [], pa.string()),
+        "value": pa.array(np.concatenate(values) if values else [], pa.float64()),
+    })
+
+
+@flow(name="rank", log_prints=True)
+def rank_flow(
+    pool: str,
+    pool_name: str,
+    budget: float,
+    unit: str = "items",
+    strategies: list[str] | None = None,
+    targets: str | None = None,
+    allocation: str = "proportional",
+    batch_size: int | None = None,
+    lm: str | None = None,
+    max_new_tokens: int = 64,
+    uncertainty_metric: str = "mean_entropy",
+    corpus: str | None = None,
+    encoder: str | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    knn: int = 64,
+    lam: float = 0.1,
+    gen_batch_size: int = 16,
+    actors: int = 1,
+    trust_remote_code: bool = False,
+    ray_address: str | None = None,
+    workspace: str | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """Rank the unlabeled pool ``pool`` (JSONL/Parquet/CSV) with each strategy under
+    ``budget`` (``unit`` items or tokens), write pool_items, item_scores, selections,
+    budgets and quarantine rows, plots and an artifact.  See ``sift-curate rank --help``."""
+    logger = get_run_logger()
+    strategies = list(dict.fromkeys(strategies or DEFAULT_STRATEGIES))
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise ValueError(f"unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
+    if unit not in UNITS:
+        raise ValueError(f"--unit must be items or tokens, got {unit!r}")
+    if not budget >= 0:
+        raise ValueError(f"--budget must be >= 0, got {budget}")
+    if uncertainty_metric not in UNCERTAINTY_KEYS:
+        raise ValueError(f"unknown uncertainty metric {uncertainty_metric!r}")
+    check_name(pool_name, "pool name")
+    pool = str(Path(pool).expanduser().resolve()) if Path(pool).exists() else pool
+    targets = str(Path(targets).expanduser().resolve()) if targets else None
+    params = {"pool": pool, "pool_name": pool_name, "budget": budget, "unit": unit,
+              "strategies": strategies, "targets": targets, "allocation": allocation,
+              "batch_size": batch_size, "lm": lm, "max_new_tokens": max_new_tokens,
+              "uncertainty_metric": uncertainty_metric, "corpus": corpus, "encoder": encoder,
+              "seed": seed, "knn": knn, "lam": lam}
+    rid = make_run_id("rank", params, run_id)
+    dbf = db_path(workspace)
+    with tracked_run(dbf, rid, "rank", params) as rec:
+        p, parquet = ingest_pool(pool, pool_name, workspace, rid, strict)
+        items = p.items
+        n = items.num_rows
+        labeled = np.array(p.labeled, dtype=bool)
+        unlabeled = ~labeled
+        groups = np.asarray(items.column("source").to_pylist(), dtype=object)
+        given_cost = items.column("cost").to_numpy(zero_copy_only=False).astype(np.float64)
+        all_costed = bool(np.isfinite(given_cost[unlabeled]).all())
+        use_lm = needs_lm(strategies, allocation) or (unit == "tokens" and not all_costed)
+
+        scores: dict[str, np.ndarray] = {}
+        lm_stats: dict[str, Any] = {}
+        if use_lm:
+            table, lm_stats = score_uncertainty(parquet, int(unlabeled.sum()), lm, workspace,
+                                                max_new_tokens, gen_batch_size, actors,
+                                                trust_remote_code, ray_address)
+            pos = _align(items.column("item_id"), table)
+            for k in SCORE_KEYS:
+                col = table.column(k).to_numpy(zero_copy_only=False)
+                scores[k] = np.where(pos >= 0, col[np.maximum(pos, 0)], np.nan)
+        if unit == "tokens":
+            costs = item_costs(scores.get("prompt_tokens", np.zeros(n)),
+                               scores.get("gen_tokens", np.zeros(n)), given=given_cost)
+        else:
+            costs = np.ones(n)
+        scores["cost"] = costs
+
+        emb = None
+        target_emb = None
+        emb_stats: dict[str, Any] = {}
+        enc_model, enc_max = _encoder_for(corpus, encoder, workspace)
+        if needs_embeddings(strategies):
+            table, emb_stats = embed_prompts(parquet, n, enc_model, enc_max, ray_address)
+            pos = _align(items.column("item_id"), table)
+            flat = table.column("embedding").combine_chunks()
+            dim = flat.type.list_size
+            emb = flat.values.to_numpy().reshape(-1, dim)[pos]
+            if targets and "sift" in strategies:
+                from sift_ops.embedding import TextEncoder
+
+                texts = read_targets(targets)
+                target_emb = TextEncoder(enc_model, max_tokens=enc_max).encode(texts)
+                logger.info("SIFT toward %d target prompts from %s", len(texts), targets)
+
+        results = select_all(strategies, emb, {k: scores[k] for k in UNCERTAINTY_KEYS
+                                               if k in scores},
+                             costs, groups, labeled, budget, allocation, target_emb,
+                             uncertainty_metric, batch_size, seed, knn, lam)
+
+        item_ids = items.column("item_id").to_pylist()
+        id_arr = np.asarray(item_ids, dtype=object)
+        sel_parts, bud_rows, timings = [], [], {}
+        for s, (r, secs) in results.items():
+            timings[s] = secs
+            k = len(r.index)
+            sel_parts.append(pa.table({
+                "run_id": pa.array([rid] * k, pa.string()),
+                "pool_name": pa.array([pool_name] * k, pa.string()),
+                "item_id": pa.array(id_arr[r.index], pa.string()),
+                "rank": pa.array(r.rank, pa.int32()),
+                "strategy": pa.array([s] * k, pa.string()),
+                "score": pa.array(r.score, pa.float64()),
+                "batch": pa.array(r.batch, pa.int32()),
+                "grp": pa.array(np.asarray(r.group_names, dtype=object)[r.group]
+                                if k else [], pa.string()),
+                "cost": pa.array(r.cost, pa.float64()),
+            }))
+            for g in r.group_table():
+                bud_rows.append({"run_id": rid, "pool_name": pool_name, "strategy": s,
+                                 "grp": g["grp"], "unit": unit, "total": float(budget),
+                                 "allocated": g["allocated"], "spent": g["spent"],
+                                 "n_items": g["n_items"], "n_selected": g["n_selected"]})
+        db.replace_run_rows(dbf, "item_scores", rid,
+                            _score_rows(rid, pool_name, item_ids, scores, unlabeled))
+        db.replace_run_rows(dbf, "selections", rid, pa.concat_tables(sel_parts))
+        db.replace_run_rows(dbf, "budgets", rid, pa.Table.from_pylist(bud_rows))
+
+        rep = reports_dir(workspace, rid)
+        plots = {}
+        lm_scores = {k: scores[k][unlabeled] for k in (*UNCERTAINTY_KEYS, "gen_tokens")
+                     if k in scores}
+        if lm_scores:
+            plots["scores"] = str(score_distributions(
+                lm_scores, rep / "score_distributions.png",
+                f"{pool_name}: greedy-answer uncertainty ({int(unlabeled.sum())} items)"))
+        if emb is not None:
+            plots["map"] = str(selection_map(
+                emb, groups.astype(str), {s: r.index for s, (r, _) in results.items()},
+                rep / "selection_map.png", f"{pool_name}: pool (PCA) and selections"))
+        plots["budget"] = str(budget_bars(bud_rows, rep / "budget_per_group.png",
+                                          f"{pool_name}: budget {budget:g} {unit}, "
+                                          f"{allocation} allocation", unit))
+        rec.summary = {
+            "pool_rows": p.n_rows, "items": n, "labeled": int(labeled.sum()),
+            "duplicates": p.n_duplicates, "quarantined": len(p.quarantined),
+            "strategies": strategies,
+            "selected": {s: int(len(r.index)) for s, (r, _) in results.items()},
+            "spent": {s: float(r.spent.sum()) for s, (r, _) in results.items()},
+            "selection_seconds": timings,
+            "lm_items_per_s": lm_stats.get("items_per_s"),
+            "lm_seconds": lm_stats.get("seconds"),
+            "embed_items_per_s": emb_stats.get("rows_per_s"),
+        }
+    summary = rec.summary
+    _artifact(rid, pool_name, budget, unit, allocation, summary, bud_rows, plots, lm_stats)
+    return {"run_id": rid, "plots": plots, **summary}
+
+
+def _artifact(rid: str, pool_name: str, budget: float, unit: str, allocation: str,
+              summary: dict, bud_rows: list[dict], plots: dict, lm_stats: dict) -> None:
+    per_strategy = [{"strategy": s, "selected": summary["selected"][s],
+                     "spent": summary["spent"][s],
+                     "seconds": round(summary["selection_seconds"][s], 3)}
+                    for s in summary["strategies"]]
+    lm_line = (f"- LM scoring: {lm_stats['rows']} items in {lm_stats['seconds']:.1f} s "
+               f"(**{lm_stats['items_per_s']:.2f} items/s**), `{lm_stats['lm']}`\n"
+               if lm_stats else "- LM scoring: not needed by these strategies\n")
+    artifacts.markdown(
+        f"rank-{pool_name}",
+        f"# Annotation ranking `{rid}`\n\n"
+        f"Pool `{pool_name}`: {summary['pool_rows']} rows -> {summary['items']} items "
+        f"({summary['labeled']} already labelled, {summary['duplicates']} duplicates "
+        f"collapsed, **{summary['quarantined']} quarantined**).\n\n"
+        f"Budget **{budget:g} {unit}**, {allocation} allocation across sources.\n\n"
+        + lm_line + "\n"
+        + artifacts.md_table(per_strategy) + "\n\n### Budget per group\n\n"
+        + artifacts.md_table([{k: r[k] for k in ("strategy", "grp", "n_items", "allocated",
+                                                 "spent", "n_selected")} for r in bud_rows])
+        + "\n\nPlots:\n\n" + "\n".join(f"- `{v}`" for v in plots.values())
+        + f"\n\n```sql\nSELECT * FROM selected_for_annotation WHERE run_id = '{rid}' "
+        "ORDER BY strategy, rank;\nSELECT * FROM budget_summary "
+        f"WHERE run_id = '{rid}';\n```",
+        description=f"rank run {rid}",
+    )
