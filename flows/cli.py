@@ -281,6 +281,102 @@ def eval_budget(
 
 
 @app.command()
+def rank(
+    pool: Annotated[str, typer.Option(help="Unlabeled instruction pool: a .jsonl, .parquet or "
+                                      ".csv file (or a folder / glob of them) with "
+                                      "'instruction' and optional 'input', 'source' (or "
+                                      "'task'), 'item_id', 'output' (already labelled: never "
+                                      "selected) and 'cost'")],
+    pool_name: Annotated[str, typer.Option(help="Name of the pool in pool_items (its rows "
+                                           "are replaced on every rank of the same name)")],
+    budget: Annotated[float, typer.Option(help="Annotation budget in --unit; never "
+                                          "exceeded, overall or per source")],
+    unit: Annotated[str, typer.Option(help="items: every item costs 1. tokens: prompt tokens "
+                                      "+ the tokens of the LM's greedy answer (or the "
+                                      "pool's 'cost' column where given)")] = "items",
+    strategy: Annotated[list[str] | None, typer.Option(
+        help="Repeat or comma-separate for several (compared in one run): random, "
+        "mean_entropy, max_entropy, least_confidence, mean_margin, min_margin, k_center, "
+        "facility_location, uncertainty_facility_location, sift. Default: random, "
+        "mean_entropy, k_center, facility_location")] = None,
+    targets: Annotated[str | None, typer.Option(help="Target prompts for sift (JSONL with "
+                                                "text/prompt/query/instruction, or one "
+                                                "prompt per line); default: the pool "
+                                                "itself")] = None,
+    allocation: Annotated[str, typer.Option(help="Budget split across sources: "
+                                            "proportional (to source size), equal, or "
+                                            "uncertainty (more where the LM is less sure)")]
+    = "proportional",
+    batch_size: Annotated[int | None, typer.Option(help="Items per annotation batch (one "
+                                                   "handoff file each); default: one "
+                                                   "batch")] = None,
+    lm: Annotated[str | None, typer.Option(help="Local HF causal-LM folder for uncertainty "
+                                           "(default: bundled SmolLM2-135M-Instruct, "
+                                           "converted once into <workspace>/models)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy answer length cap (tokens)")]
+    = 64,
+    uncertainty_metric: Annotated[str, typer.Option(
+        help="Metric behind uncertainty_facility_location and --allocation uncertainty")]
+    = "mean_entropy",
+    corpus: Annotated[str | None, typer.Option(help="Embed prompts with this embedded "
+                                               "corpus's encoder (same space as the "
+                                               "corpus)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Local HF encoder folder when no "
+                                                "--corpus (default: bundled "
+                                                "all-MiniLM-L6-v2)")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on the first bad row (file:line) "
+                                         "instead of quarantining it")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random strategy")] = 0,
+    knn: Annotated[int, typer.Option(help="Neighbours per item in the facility-location "
+                                     "kNN graph")] = 64,
+    lam: Annotated[float, typer.Option(help="SIFT noise parameter lambda > 0")] = 0.1,
+    gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate call")] = 16,
+    actors: Annotated[int, typer.Option(help="Max LM / encoder actors in the Ray stages")]
+    = 1,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow an --lm folder with custom "
+                                                    "code (only for models you trust)")]
+    = False,
+    ray_address: RayAddress = None,
+    run_id: RunId = None,
+    workspace: Workspace = None,
+) -> None:
+    """Rank an unlabeled instruction pool for annotation under a budget (DuckDB + plots)."""
+    ws = _setup(workspace)
+    from flows.rank import rank_flow
+
+    names = [n for s in (strategy or []) for n in _names(s) or []] or None
+    _show(rank_flow(pool=pool, pool_name=pool_name, budget=budget, unit=unit,
+                    strategies=names, targets=targets, allocation=allocation,
+                    batch_size=batch_size, lm=lm, max_new_tokens=max_new_tokens,
+                    uncertainty_metric=uncertainty_metric, corpus=corpus, encoder=encoder,
+                    strict=strict, seed=seed, knn=knn, lam=lam, gen_batch_size=gen_batch_size,
+                    actors=actors, trust_remote_code=trust_remote_code,
+                    ray_address=ray_address, workspace=ws, run_id=run_id))
+
+
+@app.command()
+def handoff(
+    run: Annotated[str, typer.Option(help="Run id of a `sift-curate rank` run")],
+    format: Annotated[str, typer.Option(help="labelstudio (import JSON with a prediction "
+                                        "score), jsonl (text + meta), or csv")]
+    = "labelstudio",
+    out: Annotated[str | None, typer.Option(help="Output folder; files go to "
+                                            "OUT/RUN/STRATEGY/ (default: "
+                                            "<workspace>/handoff)")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Which strategy's selection (needed "
+                                                 "when the run compared several)")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing handoff folder")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """Write a rank run's selection as annotation files, one per batch, plus a manifest."""
+    ws = _setup(workspace)
+    from flows.handoff import handoff_flow
+
+    _show(handoff_flow(run=run, format=format, out=out, strategy=strategy, force=force,
+                       workspace=ws))
+
+
+@app.command()
 def sql(
     statement: Annotated[str, typer.Argument(help="SQL to run read-only on curation.duckdb")],
     workspace: Workspace = None,
