@@ -25,3 +25,6 @@ def configure(workspace: str | Path | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    from tasks.ray_runtime import use_cluster_token
+
+    use_cluster_token()

@@ -1,0 +1,180 @@
+"""Operations, end to end through the installed CLI in separate processes:
+
+* a Ray cluster started with `ray start --head` on loopback runs the embed flow;
+* an embed run killed with SIGKILL midway resumes to exactly the uninterrupted contents,
+  and `run_attempts` records the crashed attempt;
+* two runs at once on one workspace: the same corpus -> the second fails fast with
+  "workspace busy"; two selections -> both complete (DuckDB writes are serialised).
+
+Every process a test starts is stopped by its process group id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import db
+from tasks.sample import build_sample
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+CLI = shutil.which("sift-curate", path=str(BIN)) or "sift-curate"
+RAY = shutil.which("ray", path=str(BIN)) or "ray"
+
+
+def _env(ws: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "RAY_ADDRESS", "SIFT_"))}
+    env.update({"SIFT_WORKSPACE": str(ws), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(ws / ".prefect"), **extra})
+    return env
+
+
+def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        except ProcessLookupError:
+            pass
+
+
+def _run(cmd: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pile(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("ops-sample")
+    return build_sample(root, n_docs=160, n_queries=6, pool_size=30)["paths"]["pile_dir"]
+
+
+def _rows(ws: Path, name: str):
+    files = sorted((ws / "corpora" / name / "embeddings").glob("part-*.parquet"))
+    return pq.read_table([str(f) for f in files]).sort_by("doc_id")
+
+
+def test_embed_runs_on_a_ray_cluster_started_with_ray_start(tmp_path, pile):
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = _env(tmp_path / "ws")
+    head = _start([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                   "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                   "--disable-usage-stats"], env, tmp_path / "ray-head.log")
+    try:
+        deadline = time.monotonic() + 180
+        # `ray status` sends the cluster's token only when told to; the CLI does it itself
+        status_env = {**env, "RAY_AUTH_MODE": "token"}
+        while _run([RAY, "status", f"--address={address}"], status_env, 60).returncode != 0:
+            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "ray head did not come up"
+            time.sleep(2)
+        res = _run([CLI, "embed", "--corpus", pile, "--name", "clu", "--shard-docs", "40",
+                    "--ray-address", address], env)
+        assert res.returncode == 0, res.stderr[-3000:]
+    finally:
+        _stop(head)
+    assert head.poll() is not None
+    summary = db.query(tmp_path / "ws" / "curation.duckdb",
+                       "SELECT summary FROM runs WHERE flow = 'embed'")[0][0]
+    ray = json.loads(summary)["ray"]
+    # the job ran on that cluster (its GCS port), not on a local Ray of its own
+    assert ray["gcs_address"].endswith(f":{port}") and ray["address_env"] == address
+    assert _rows(tmp_path / "ws", "clu").num_rows == json.loads(summary)["chunks_total"] > 0
+
+
+def _embed_cmd(pile: str, name: str = "c") -> list[str]:
+    return [CLI, "embed", "--corpus", pile, "--name", name, "--shard-docs", "8"]
+
+
+def test_sigkilled_embed_resumes_to_the_uninterrupted_contents(tmp_path, pile):
+    ref_ws, ws = tmp_path / "ref", tmp_path / "crash"
+    ref = _run(_embed_cmd(pile), _env(ref_ws))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    expected = _rows(ref_ws, "c")
+    n_shards = len(list((ref_ws / "corpora/c/embeddings").glob("part-*.parquet")))
+
+    victim = _start(_embed_cmd(pile), _env(ws), tmp_path / "victim.log")
+    shards = ws / "corpora" / "c" / "embeddings"
+    deadline = time.monotonic() + 600
+    while not list(shards.glob("part-*.parquet")):
+        assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    _stop(victim, signal.SIGKILL)
+    written = len(list(shards.glob("part-*.parquet")))
+    assert 0 < written < n_shards, "the run was not interrupted midway"
+
+    again = _run(_embed_cmd(pile), _env(ws))
+    assert again.returncode == 0, again.stderr[-3000:]
+    got = _rows(ws, "c")
+    assert got["doc_id"].to_pylist() == expected["doc_id"].to_pylist()  # none lost or doubled
+    assert got["text"].equals(expected["text"])
+    np.testing.assert_allclose(np.stack(got["embedding"].to_numpy(zero_copy_only=False)),
+                               np.stack(expected["embedding"].to_numpy(zero_copy_only=False)),
+                               atol=1e-5)
+    assert not list(shards.glob(".*.tmp"))
+    attempts = db.query(ws / "curation.duckdb",
+                        "SELECT a.attempt, a.status FROM run_attempts a JOIN runs r "
+                        "USING (run_id) WHERE r.flow = 'embed' ORDER BY a.attempt")
+    assert attempts == [(1, "crashed"), (2, "completed")]
+
+
+def test_concurrent_runs_on_one_workspace(tmp_path, pile):
+    ws = tmp_path / "ws"
+    env = _env(ws)
+    first = _start(_embed_cmd(pile, "busy"), env, tmp_path / "first.log")
+    lock = ws / ".locks" / "corpus-busy.lock"
+    deadline = time.monotonic() + 300
+    while not (lock.is_file() and lock.stat().st_size > 0):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    second = _run(_embed_cmd(pile, "busy") + ["--batch-size", "32"], env)
+    assert second.returncode != 0
+    assert "workspace busy: corpus 'busy' is in use by pid" in second.stderr
+    assert time.monotonic() - t0 < 120  # fails fast: it does not wait for the first
+    assert first.wait(600) == 0, (tmp_path / "first.log").read_text()[-3000:]
+
+    assert _run([CLI, "index", "--name", "busy"], env).returncode == 0
+    queries = str(Path(pile).parent / "queries.jsonl")
+    runs = [_start([CLI, "select", "--name", "busy", "--queries", queries, "--k", "30",
+                    "--n", "5", "--strategy", s], env, tmp_path / f"select-{s}.log")
+            for s in ("sift", "nn")]
+    for proc, s in zip(runs, ("sift", "nn"), strict=True):
+        assert proc.wait(600) == 0, (tmp_path / f"select-{s}.log").read_text()[-3000:]
+    rows = db.query(ws / "curation.duckdb",
+                    "SELECT strategy, count(DISTINCT query_id), count(*) FROM "
+                    "test_time_selections GROUP BY 1 ORDER BY 1")
+    assert rows == [("nn", 6, 30), ("sift", 6, 30)]
+    statuses = db.query(ws / "curation.duckdb",
+                        "SELECT flow, status, count(*) FROM runs GROUP BY ALL ORDER BY ALL")
+    assert statuses == [("embed", "completed", 1), ("index", "completed", 1),
+                        ("select", "completed", 2)]
