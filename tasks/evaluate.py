@@ -258,10 +258,10 @@ def rank_pool(strategy: str, emb: np.ndarray, targets: np.ndarray, n: int, *, se
     external = _external_ranker()
     if external is not None and strategy != "random":
         try:
-            order = external(strategy, emb, n, targets=targets, seed=seed)
+            order = external(strategy, emb, n, targets=targets, seed=seed, lam=lam)
             if order is not None:
                 return _distinct_prefix([int(i) for i in order], len(emb), n, seed)
-        except (KeyError, ValueError, TypeError) as err:
+        except ValueError as err:
             log.warning("sift_ops.pool_strategies could not rank %r (%s); using the local "
                         "strategy", strategy, err)
     from sift_ops import diversity, sift
@@ -305,28 +305,24 @@ def _distinct_prefix(order: list[int], n_pool: int, n: int, seed: int,
 
 
 def _external_ranker() -> Callable[..., Any] | None:
-    """``sift_ops.pool_strategies.rank_items`` adapted to (strategy, emb, n, targets, seed)
-    when that module exists (the pool-ranking issue), else None."""
+    """``sift_ops.pool_strategies.rank_items`` (the pool-ranking issue's pure function)
+    adapted to (strategy, emb, n, targets, seed, lam), or None when it is not installed.
+
+    Called with a budget of ``n`` items, one group and unit costs, so its order is the
+    strategy's own pick order. Strategies that need LM uncertainty scores raise
+    ValueError there (no scores are passed) and fall back to the local dispatcher, which
+    refuses them too: scoring the pool with the LM is not part of this evaluation yet.
+    """
     try:
-        from sift_ops import pool_strategies  # type: ignore[attr-defined]
+        from sift_ops.pool_strategies import rank_items
     except ImportError:
         return None
-    fn = getattr(pool_strategies, "rank_items", None)
-    if fn is None:
-        return None
 
-    def call(strategy: str, emb: np.ndarray, n: int, *, targets: np.ndarray, seed: int):
-        import inspect
-
-        params = inspect.signature(fn).parameters
-        kwargs = {k: v for k, v in {"strategy": strategy, "embeddings": emb, "emb": emb,
-                                    "budget": n, "n": n, "targets": targets, "seed": seed
-                                    }.items() if k in params}
-        res = fn(**kwargs)
-        order = getattr(res, "order", res)
-        if isinstance(order, tuple):
-            order = order[0]
-        return np.asarray(order).ravel()[:n]
+    def call(strategy: str, emb: np.ndarray, n: int, *, targets: np.ndarray, seed: int,
+             lam: float) -> np.ndarray:
+        ranking = rank_items(strategy, emb, None, None, None, float(n), targets=targets,
+                             seed=seed, lam=lam)
+        return np.asarray(ranking.index)[:n]
 
     return call
 

@@ -54,3 +54,14 @@ def test_rank_pool_sift_starts_at_the_target_and_random_depends_on_seed():
         ev.rank_pool("random", emb, emb[:2], 10, seed=1)
     with pytest.raises(ValueError):
         ev.rank_pool("nope", emb, emb[:2], 5, seed=0)
+
+
+def test_pool_strategies_module_is_used_when_present():
+    ranker = ev._external_ranker()
+    assert ranker is not None  # sift_ops.pool_strategies (pool-ranking issue) is installed
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(30, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    order = ranker("k_center", emb, 10, targets=emb[:3], seed=0, lam=0.1)
+    assert len(order) == 10 == len(set(order.tolist()))
+    assert ev.rank_pool("k_center", emb, emb[:3], 10, seed=0) == order.tolist()
