@@ -138,29 +138,45 @@ def covering_radius(emb: Any, centers: Any) -> float:
 # ----------------------------------------------------------------------------- kNN graph
 
 
-def knn_graph(
-    emb: Any, knn: int = DEFAULT_KNN, *, batch_size: int = DEFAULT_SEARCH_BATCH
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``knn`` inner-product neighbours of every item (itself included) via faiss.
+#: Above this many items ``method="auto"`` builds the kNN graph with an IVF index: exact
+#: search costs O(n^2 d) (1M items: ~800 TFLOP), IVF about O(n * nprobe/nlist * n * d).
+EXACT_GRAPH_MAX_N = 20_000
 
-    Brute force, as ``IndexFlatIP`` would do it, but with ``faiss.knn`` on the caller's
-    array so the n x d data is not copied into an index.  Cost ``O(n^2 d)`` FLOPs (BLAS),
-    memory ``O(n * knn)`` plus faiss's fixed-size distance tiles.
+
+def knn_graph(
+    emb: Any, knn: int = DEFAULT_KNN, *, batch_size: int = DEFAULT_SEARCH_BATCH,
+    method: str = "exact", nlist: int | None = None, nprobe: int = 16, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``knn`` inner-product neighbours of every item (itself included) via faiss.
+
+    ``method="exact"``: brute force, as ``IndexFlatIP`` would do it, but with
+    ``faiss.knn`` on the caller's array so the n x d data is not copied into an index.
+    Cost ``O(n^2 d)`` FLOPs (BLAS).  ``method="ivf"``: an ``IVF<nlist>,Flat`` index
+    (k-means on a sample, ``nlist`` default ``4 sqrt(n)``) probing ``nprobe`` cells per
+    item: approximate neighbours at a fraction of the cost, for large pools.
+    ``method="auto"``: exact up to :data:`EXACT_GRAPH_MAX_N` items, IVF above.  Memory
+    ``O(n * knn)`` plus faiss's fixed-size tiles (plus one copy of the data for IVF).
 
     Args:
         emb: ``[n, d]`` embeddings (converted to contiguous float32 for faiss).
         knn: neighbours per item (clipped to n).
         batch_size: queries per faiss call; bounds the result buffers.
+        method: "exact", "ivf" or "auto".
+        nlist, nprobe, seed: IVF cells, cells probed per item, k-means seed.
 
     Returns:
         ``(nbr, sim)``: int64 ``[n, knn]`` neighbour ids and float32 ``[n, knn]`` inner
-        products, most similar first.
+        products, most similar first (IVF pads with id -1 when too few were found).
     """
     x = _to_numpy_f32(emb)
     if x.ndim != 2:
         raise ValueError(f"emb must be [n, d], got {x.shape}")
+    if method not in ("exact", "ivf", "auto"):
+        raise ValueError(f"unknown kNN graph method {method!r}; use exact, ivf or auto")
     n = x.shape[0]
     k = max(1, min(int(knn), n))
+    if method == "ivf" or (method == "auto" and n > EXACT_GRAPH_MAX_N):
+        return _ivf_knn_graph(x, k, batch_size, nlist, nprobe, seed)
     nbr = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float32)
     # Larger database tiles than faiss's default (1024 rows) amortise the per-tile heap
@@ -173,6 +189,27 @@ def knn_graph(
             sim[s:e], nbr[s:e] = faiss.knn(x[s:e], x, k, metric=faiss.METRIC_INNER_PRODUCT)
     finally:
         faiss.cvar.distance_compute_blas_database_bs = old_bs
+    return nbr, sim
+
+
+def _ivf_knn_graph(x: np.ndarray, k: int, batch_size: int, nlist: int | None, nprobe: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n, d = x.shape
+    nlist = int(nlist or max(1, min(n // 39, round(4 * np.sqrt(n)))))  # >= 39 points/cell
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    # faiss' own rule of thumb: ~40-256 training points per centroid are enough
+    rng = np.random.default_rng(seed)
+    train = x[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+    index.train(train)
+    index.add(x)
+    index.nprobe = max(1, min(int(nprobe), nlist))
+    nbr = np.empty((n, k), dtype=np.int64)
+    sim = np.empty((n, k), dtype=np.float32)
+    for s in range(0, n, batch_size):
+        e = min(n, s + batch_size)
+        sim[s:e], nbr[s:e] = index.search(x[s:e], k)
     return nbr, sim
 
 
@@ -202,6 +239,7 @@ def facility_location(
     selected: Any | None = None,
     graph: tuple[np.ndarray, np.ndarray] | None = None,
     batch_size: int = DEFAULT_SEARCH_BATCH,
+    graph_method: str = "exact",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lazy-greedy facility location on a sparse kNN similarity graph.
 
@@ -216,6 +254,8 @@ def facility_location(
         selected: optional indices already in S (counted as covering, never returned).
         graph: optional precomputed ``knn_graph(emb, knn)`` to reuse across calls.
         batch_size: faiss search batch when building the graph.
+        graph_method: how the graph is built when not given (see :func:`knn_graph`):
+            "exact" (default), "ivf" (approximate, for large pools) or "auto".
 
     Returns:
         ``(order, gains)``: LongTensor ``[budget']`` of item indices in pick order and
@@ -224,7 +264,7 @@ def facility_location(
         nothing for ``selected``).  Ties go to the lower index.
     """
     if graph is None:
-        nbr, sim = knn_graph(emb, knn, batch_size=batch_size)
+        nbr, sim = knn_graph(emb, knn, batch_size=batch_size, method=graph_method)
     else:
         nbr, sim = graph
     nbr = np.asarray(nbr)

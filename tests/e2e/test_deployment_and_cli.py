@@ -3,6 +3,7 @@ served as deployments and started by `prefect deployment run`."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tasks import db
+from tasks.sample import build_sample
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -77,7 +79,10 @@ def _stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_deployment_run_through_a_real_prefect_server(tmp_path):
+def test_nightly_curation_deployment_through_a_real_prefect_server(tmp_path):
+    """prefect server + `python -m deployments.serve` + `prefect deployment run
+    'curation-run/nightly'`: embed -> index -> rank -> handoff, checked in DuckDB."""
+    sample = build_sample(tmp_path / "sample", n_docs=60, n_queries=4, pool_size=40)
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = _env(tmp_path, PREFECT_API_URL=api)
@@ -89,6 +94,10 @@ def test_deployment_run_through_a_real_prefect_server(tmp_path):
         env=server_env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
     serve = None
+    params = {"corpus": sample["paths"]["pile_dir"], "name": "nightly-pile",
+              "pool": sample["paths"]["pool"], "pool_name": "nightly-pool", "budget": 10,
+              "strategies": ["random", "k_center"], "handoff_strategy": "k_center",
+              "handoff_format": "jsonl", "batch_size": 5, "shard_docs": 30}
     try:
         _wait([sys.executable, "-c", f"import urllib.request;urllib.request.urlopen("
                f"'{api}/health').read()"], env, lambda _: True, 120)
@@ -96,12 +105,15 @@ def test_deployment_run_through_a_real_prefect_server(tmp_path):
             [sys.executable, "-m", "deployments.serve"], env=env,
             cwd=Path(__file__).resolve().parents[2], stdout=open(logs / "serve.log", "w"),
             stderr=subprocess.STDOUT, start_new_session=True)
-        _wait([PREFECT, "deployment", "ls"], env, lambda out: "demo/demo" in out, 180)
+        _wait([PREFECT, "deployment", "ls"], env, lambda out: "curation-run/nightly" in out,
+              180)
+        inspect = subprocess.run([PREFECT, "deployment", "inspect", "curation-run/nightly"],
+                                 capture_output=True, text=True, env=env, timeout=60).stdout
+        assert "0 3 * * *" in inspect  # the nightly cron schedule
         res = subprocess.run(
-            [PREFECT, "deployment", "run", "demo/demo", "--param", "n_docs=60",
-             "--param", "n_queries=4", "--param", "k=20", "--param", "n=4", "--watch",
-             "--watch-timeout", "600"],
-            capture_output=True, text=True, env=env, timeout=660)
+            [PREFECT, "deployment", "run", "curation-run/nightly", "--params",
+             json.dumps(params), "--watch", "--watch-timeout", "900"],
+            capture_output=True, text=True, env=env, timeout=960)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + (
             (logs / "serve.log").read_text()[-3000:])
         assert "Completed" in res.stdout + res.stderr
@@ -109,7 +121,14 @@ def test_deployment_run_through_a_real_prefect_server(tmp_path):
         if serve is not None:
             _stop(serve)
         _stop(server)
+    assert serve.poll() is not None and server.poll() is not None
     dbf = tmp_path / "ws" / "curation.duckdb"
-    rows = db.query(dbf, "SELECT params->>'strategy', count(*) FROM runs JOIN "
-                    "test_time_selections USING (run_id) GROUP BY 1 ORDER BY 1")
-    assert rows == [("nn", 16), ("sift", 16)]
+    assert db.query(dbf, "SELECT flow, status FROM runs ORDER BY flow") == [
+        ("embed", "completed"), ("index", "completed"), ("rank", "completed")]
+    assert db.query(dbf, "SELECT strategy, count(*), max(batch) FROM selections "
+                    "GROUP BY 1 ORDER BY 1") == [("k_center", 10, 2), ("random", 10, 2)]
+    files = db.query(dbf, "SELECT path, n_items FROM handoffs ORDER BY path")
+    assert [n for _, n in files] == [5, 5]
+    for path, _ in files:
+        lines = Path(path).read_text().splitlines()
+        assert len(lines) == 5 and all("text" in json.loads(line) for line in lines)

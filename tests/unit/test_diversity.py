@@ -222,3 +222,18 @@ def test_memory_is_not_quadratic():
     tracemalloc.stop()
     assert len(order) == 300
     assert peak < 25 * n * knn * 8 + (4 << 20), peak  # O(n * knn), not O(n^2)
+
+
+def test_ivf_graph_probing_every_cell_matches_the_exact_graph():
+    from sift_ops.diversity import knn_graph
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((600, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    nbr_e, sim_e = knn_graph(x, 10)
+    nbr_i, sim_i = knn_graph(x, 10, method="ivf", nlist=8, nprobe=8)
+    np.testing.assert_allclose(sim_i, sim_e, atol=1e-5)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nbr_e, nbr_i, strict=True)])
+    assert overlap > 0.99  # only exact ties may swap
+    with pytest.raises(ValueError, match="unknown kNN graph method"):
+        knn_graph(x, 10, method="hnsw")
