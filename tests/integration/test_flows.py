@@ -214,3 +214,11 @@ def test_ivf_index_is_trained_once_and_searchable(tiny, embedded):
     run = select_flow(name="tiny", queries=tiny.queries, workspace=tiny.ws, k=20, n=4,
                       strategy="sift", nprobe=4)
     assert run["rows"] == 6 * 4
+
+
+def test_select_refuses_an_encoder_of_another_dimension(tiny, embedded):
+    """An index built with a 384-d encoder and prompts embedded by a 256-d one."""
+    from tasks.select import retrieve
+
+    with pytest.raises(ValueError, match="query embedding dimension 256 != index dimension 384"):
+        retrieve(tiny.paths, np.zeros((2, 256), dtype=np.float32), 5)
