@@ -225,8 +225,11 @@ def rank_flow(
                 col = table.column(k).to_numpy(zero_copy_only=False)
                 scores[k] = np.where(pos >= 0, col[np.maximum(pos, 0)], np.nan)
         if unit == "tokens":
-            costs = item_costs(scores.get("prompt_tokens", np.zeros(n)),
-                               scores.get("gen_tokens", np.zeros(n)), given=given_cost)
+            # labelled items were not scored (never selected): cost 0, not validated
+            costs = np.zeros(n)
+            costs[unlabeled] = item_costs(
+                scores.get("prompt_tokens", np.zeros(n))[unlabeled],
+                scores.get("gen_tokens", np.zeros(n))[unlabeled], given=given_cost[unlabeled])
         else:
             costs = np.ones(n)
         scores["cost"] = costs

@@ -115,7 +115,7 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # the flow draws its own tqdm bar from the results
-    ds = ray.data.read_parquet(str(items_parquet), columns=_READ_COLS, num_cpus=0.5)
+    ds = ray.data.read_parquet(str(items_parquet), num_cpus=0.5).select_columns(_READ_COLS)
     ds = ds.map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=rows_per_call,
         batch_format="pyarrow", zero_copy_batch=True,
