@@ -178,3 +178,46 @@ def test_concurrent_runs_on_one_workspace(tmp_path, pile):
                         "SELECT flow, status, count(*) FROM runs GROUP BY ALL ORDER BY ALL")
     assert statuses == [("embed", "completed", 1), ("index", "completed", 1),
                         ("select", "completed", 2)]
+
+
+def _rank_tables(dbf: Path) -> dict:
+    q = {
+        "pool_items": "SELECT item_id, instruction, input, source FROM pool_items ORDER BY ALL",
+        "item_scores": "SELECT item_id, metric, round(value, 5) FROM item_scores ORDER BY ALL",
+        "selections": "SELECT strategy, rank, item_id, batch FROM selections ORDER BY ALL",
+        "budgets": "SELECT strategy, grp, allocated, spent FROM budgets ORDER BY ALL",
+    }
+    return {name: db.query(dbf, sql) for name, sql in q.items()}
+
+
+def test_sigkilled_rank_reruns_to_the_uninterrupted_contents(tmp_path):
+    from tests.tiny_lm import build_tiny_lm
+
+    lm = build_tiny_lm(tmp_path / "lm")
+    pool = build_sample(tmp_path / "s", n_docs=40, n_queries=4, pool_size=60)["paths"]["pool"]
+    cmd = [CLI, "rank", "--pool", pool, "--pool-name", "p", "--budget", "12", "--batch-size",
+           "4", "--strategy", "random", "--strategy", "mean_entropy", "--lm", str(lm),
+           "--max-new-tokens", "6"]
+    ref_ws, ws = tmp_path / "ref", tmp_path / "crash"
+    ref = _run(cmd, _env(ref_ws))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    expected = _rank_tables(ref_ws / "curation.duckdb")
+    assert len(expected["selections"]) == 24 and len(expected["item_scores"]) > 0
+
+    log = tmp_path / "victim.log"
+    victim = _start(cmd, _env(ws), log)
+    deadline = time.monotonic() + 600
+    # killed while the LM scores the pool: ingest has written pool_items, nothing else yet
+    while "LM uncertainty" not in log.read_text(errors="replace"):
+        assert victim.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    _stop(victim, signal.SIGKILL)
+    dbf = ws / "curation.duckdb"
+    assert db.query(dbf, "SELECT count(*) FROM selections") == [(0,)]
+
+    again = _run(cmd, _env(ws))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _rank_tables(dbf) == expected  # nothing lost, nothing doubled
+    assert db.query(dbf, "SELECT attempt, status FROM run_attempts ORDER BY attempt") == [
+        (1, "crashed"), (2, "completed")]
