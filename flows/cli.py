@@ -214,7 +214,8 @@ def eval_ttt(
     continuation_chars: Annotated[int, typer.Option(help="Scored continuation length in "
                                                     "characters")] = 600,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: "
-                                                "torch's)")] = None,
+                                                "torch's; use 1 on a machine shared with "
+                                                "other jobs)")] = None,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
@@ -260,7 +261,8 @@ def eval_budget(
     max_prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens kept (from the "
                                                    "end)")] = 128,
     max_response_tokens: Annotated[int, typer.Option(help="Response tokens kept")] = 64,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (use 1 on a "
+                                                "machine shared with other jobs)")] = None,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:

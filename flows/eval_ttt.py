@@ -32,8 +32,11 @@ from tasks.eval_plots import strategy_points
 from tasks.runs import make_run_id, tracked_run
 from tasks.workspace import CorpusPaths, db_path, reports_dir, workspace_root
 
-#: Defaults sized for about 30 minutes on 2 idle CPU cores with SmolLM2-135M (measured:
-#: one Adam step on a 256-token chunk is ~1 s, a continuation score ~0.3 s).
+#: Defaults sized for about 30 minutes on 2 CPU cores with SmolLM2-135M: 8 docs x 3 seeds x
+#: 3 strategies x 8 steps = 576 Adam steps; measured here ~2.7 s per step (256 tokens,
+#: forward 0.7 + backward 1.5 + Adam 0.5) with 2 threads and a lightly loaded machine, and
+#: ~6 s with 1 thread while other jobs held the cores. On a machine shared with other
+#: jobs use --threads 1: two OpenMP threads spinning at barriers were 3-4x slower.
 DEFAULTS = {"n_docs": 8, "n": 8, "k": 200, "lam": 0.01, "lr": 1e-4, "seeds": (0, 1, 2),
             "max_train_tokens": 256, "prompt_chars": 800, "continuation_chars": 600}
 
