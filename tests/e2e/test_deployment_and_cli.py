@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +14,13 @@ import pytest
 
 from tasks import db
 from tasks.sample import build_sample
+from tests.e2e.procs import CLI, PREFECT, clean_env, free_port, stop
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
-CLI = shutil.which("sift-curate", path=str(BIN)) or "sift-curate"
-PREFECT = shutil.which("prefect", path=str(BIN)) or "prefect"
 
 
 def _env(tmp_path: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "RAY_ADDRESS", "SIFT_"))}
-    env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-                "SIFT_WORKSPACE": str(tmp_path / "ws"), **extra})
-    return env
+    return clean_env(tmp_path / "ws", tmp_path / "prefect-home", **extra)
 
 
 def test_cli_help_explains_every_option():
@@ -52,12 +42,6 @@ def test_cli_reports_bad_strategy_clearly(tmp_path):
     assert "unknown strategy 'bogus'" in res.stdout + res.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(cmd: list[str], env: dict, ok, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     out = ""
@@ -70,20 +54,11 @@ def _wait(cmd: list[str], env: dict, ok, timeout: float) -> str:
     raise AssertionError(f"timed out waiting for {cmd}: {out[-2000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def test_nightly_curation_deployment_through_a_real_prefect_server(tmp_path):
     """prefect server + `python -m deployments.serve` + `prefect deployment run
     'curation-run/nightly'`: embed -> index -> rank -> handoff, checked in DuckDB."""
     sample = build_sample(tmp_path / "sample", n_docs=60, n_queries=4, pool_size=40)
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = _env(tmp_path, PREFECT_API_URL=api)
     server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
@@ -119,8 +94,8 @@ def test_nightly_curation_deployment_through_a_real_prefect_server(tmp_path):
         assert "Completed" in res.stdout + res.stderr
     finally:
         if serve is not None:
-            _stop(serve)
-        _stop(server)
+            stop(serve)
+        stop(server)
     assert serve.poll() is not None and server.poll() is not None
     dbf = tmp_path / "ws" / "curation.duckdb"
     assert db.query(dbf, "SELECT flow, status FROM runs ORDER BY flow") == [

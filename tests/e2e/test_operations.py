@@ -12,12 +12,8 @@ Every process a test starts is stopped by its process group id.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,19 +23,13 @@ import pytest
 
 from tasks import db
 from tasks.sample import build_sample
+from tests.e2e.procs import CLI, RAY, clean_env, free_port, stop
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
-CLI = shutil.which("sift-curate", path=str(BIN)) or "sift-curate"
-RAY = shutil.which("ray", path=str(BIN)) or "ray"
 
 
 def _env(ws: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "RAY_ADDRESS", "SIFT_"))}
-    env.update({"SIFT_WORKSPACE": str(ws), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(ws / ".prefect"), **extra})
-    return env
+    return clean_env(ws, ws / ".prefect", **extra)
 
 
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -47,26 +37,8 @@ def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-        except ProcessLookupError:
-            pass
-
-
 def _run(cmd: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +53,7 @@ def _rows(ws: Path, name: str):
 
 
 def test_embed_runs_on_a_ray_cluster_started_with_ray_start(tmp_path, pile):
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = _env(tmp_path / "ws")
     head = _start([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
@@ -99,7 +71,7 @@ def test_embed_runs_on_a_ray_cluster_started_with_ray_start(tmp_path, pile):
                     "--ray-address", address], env)
         assert res.returncode == 0, res.stderr[-3000:]
     finally:
-        _stop(head)
+        stop(head)
     assert head.poll() is not None
     summary = db.query(tmp_path / "ws" / "curation.duckdb",
                        "SELECT summary FROM runs WHERE flow = 'embed'")[0][0]
@@ -127,7 +99,7 @@ def test_sigkilled_embed_resumes_to_the_uninterrupted_contents(tmp_path, pile):
         assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    _stop(victim, signal.SIGKILL)
+    stop(victim, signal.SIGKILL)
     written = len(list(shards.glob("part-*.parquet")))
     assert 0 < written < n_shards, "the run was not interrupted midway"
 
@@ -212,7 +184,7 @@ def test_sigkilled_rank_reruns_to_the_uninterrupted_contents(tmp_path):
         assert victim.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    _stop(victim, signal.SIGKILL)
+    stop(victim, signal.SIGKILL)
     dbf = ws / "curation.duckdb"
     assert db.query(dbf, "SELECT count(*) FROM selections") == [(0,)]
 
