@@ -111,7 +111,7 @@ def budget_bars(rows: list[dict], path: str | Path, title: str, unit: str) -> Pa
     ax.set_ylabel(f"budget ({unit}); light = allocated")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
