@@ -44,6 +44,7 @@ from sift_ops.budget import (
     max_affordable,
 )
 from sift_ops.diversity import facility_location, k_center_greedy
+from sift_ops.knn import ivf_knn_graph
 from sift_ops.pool_sift import pool_sift, target_gram
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
 
@@ -137,8 +138,8 @@ class PoolRanking:
 def _order_in_group(strategy: str, items: np.ndarray, k: int, *, emb: np.ndarray | None,
                     prio: np.ndarray | None, weights: np.ndarray | None,
                     labeled_emb: np.ndarray | None, gram: np.ndarray | None,
-                    rng: np.random.Generator, knn: int, lam: float
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    rng: np.random.Generator, knn: int, lam: float,
+                    exact_knn_max: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
     """Pick order (positions into ``items``) and scores for one group, at most k picks."""
     n = len(items)
     k = min(k, n)
@@ -172,7 +173,11 @@ def _order_in_group(strategy: str, items: np.ndarray, k: int, *, emb: np.ndarray
         w = weights[items]
         if n_lab:
             w = np.concatenate([w, np.full(n_lab, WEIGHT_FLOOR)])
-    order, gains = facility_location(x, k, knn=min(knn, len(x)), weights=w, selected=sel)
+    graph = None
+    if len(x) > exact_knn_max:  # exact graph is O(n^2 d): approximate with faiss IVF
+        graph = ivf_knn_graph(x, min(knn, len(x)))
+    order, gains = facility_location(x, k, knn=min(knn, len(x)), weights=w, selected=sel,
+                                     graph=graph)
     return order.numpy().astype(np.int64), gains.numpy()
 
 
@@ -193,6 +198,7 @@ def rank_items(
     knn: int = 64,
     lam: float = 0.1,
     integral: bool = True,
+    exact_knn_max: int = 200_000,
 ) -> PoolRanking:
     """Choose pool items to annotate under a budget.
 
@@ -219,6 +225,8 @@ def rank_items(
         knn: neighbours per item in the facility-location kNN graph.
         lam: SIFT noise parameter (> 0).
         integral: allocate whole cost units (True for items and tokens).
+        exact_knn_max: groups larger than this build the facility-location kNN graph
+            with faiss IVF (:func:`sift_ops.knn.ivf_knn_graph`) instead of exactly.
 
     Returns:
         :class:`PoolRanking`.  Deterministic for fixed inputs and seed.
@@ -287,7 +295,7 @@ def rank_items(
             rng.bit_generator.state = state  # same random keys however often we rank
             order, sc = _order_in_group(strategy, items, k, emb=x, prio=prio, weights=fl_w,
                                         labeled_emb=labeled_emb, gram=gram, rng=rng,
-                                        knn=knn, lam=lam)
+                                        knn=knn, lam=lam, exact_knn_max=exact_knn_max)
             take = fill_in_rank_order(cost[items[order]], np.zeros(len(order), np.int64),
                                       alloc[g:g + 1])
             left = alloc[g] - cost[items[order[take]]].sum()
