@@ -149,9 +149,8 @@ def test_facility_location_prefers_coverage_over_random(pool):
     assert all(f_fl >= facility_location_objective(graph, r) for r in rnd)
 
 
-def test_ivf_knn_graph_recall_and_large_group_path():
+def test_large_groups_use_the_ivf_graph():
     from sift_ops.diversity import knn_graph
-    from sift_ops.knn import ivf_knn_graph
 
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(20, 32)).astype(np.float32)
@@ -159,7 +158,7 @@ def test_ivf_knn_graph_recall_and_large_group_path():
         np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     exact, exact_sim = knn_graph(x, 10)
-    approx, sim = ivf_knn_graph(x, 10, nprobe=8)
+    approx, sim = knn_graph(x, 10, method="ivf", nprobe=8)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall > 0.9, recall
     assert np.all(np.diff(sim, axis=1) <= 1e-6)  # most similar first
