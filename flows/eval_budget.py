@@ -172,10 +172,15 @@ def eval_budget_flow(
     t_start = time.perf_counter()
     with tracked_run(dbf, rid, "eval-budget", params) as rec:
         pairs = ev.load_pool_pairs(pool_file, refs_file)
-        emb = embed_prompts([p.prompt for p in pairs], encoder)
+        splits = {seed: ev.split_pool(pairs, n_select, n_test, seed) for seed in seeds}
+        # embed only the items some seed uses (the pool may be far larger than a run)
+        used = sorted({i for sel, test in splits.values() for i in [*sel, *test]})
+        used_emb = embed_prompts([pairs[i].prompt for i in used], encoder)
+        emb = np.zeros((len(pairs), used_emb.shape[1]), dtype=np.float32)
+        emb[used] = used_emb
         plan: dict[int, dict[str, Any]] = {}
         for seed in seeds:
-            sel_idx, test_idx = ev.split_pool(pairs, n_select, n_test, seed)
+            sel_idx, test_idx = splits[seed]
             sizes = ev.budget_sizes(n_select, budgets)
             sets: dict[tuple[str, float], list[int]] = {}
             for strategy in strategies:
