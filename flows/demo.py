@@ -83,7 +83,8 @@ def demo_flow(workspace: str | None = None, k: int = 200, n: int = 50, lam: floa
                      strategy="nn")
     dbf = db_path(ws)
     glob = str(CorpusPaths(ws, DEMO_CORPUS).embeddings / "*.parquet")
-    report = [f"DuckDB: {dbf}", f"Plot:   {sift['plot']}", ""]
+    # the NN run comes second, so its plot holds both curves
+    report = [f"DuckDB: {dbf}", f"Plot:   {nn['plot']}", ""]
     for title, sql in demo_sql(sift["run_id"], nn["run_id"], glob, n):
         with db.connect(dbf, read_only=True) as con:
             cur = con.execute(sql)
