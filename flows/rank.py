@@ -189,8 +189,8 @@ def rank_flow(
         raise ValueError(f"unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
     if unit not in UNITS:
         raise ValueError(f"--unit must be items or tokens, got {unit!r}")
-    if not budget >= 0:
-        raise ValueError(f"--budget must be >= 0, got {budget}")
+    if not budget > 0:  # also catches NaN
+        raise ValueError(f"--budget must be > 0, got {budget}: nothing would be selected")
     if uncertainty_metric not in UNCERTAINTY_KEYS:
         raise ValueError(f"unknown uncertainty metric {uncertainty_metric!r}")
     check_name(pool_name, "pool name")

@@ -78,3 +78,21 @@ def test_run_tables_are_a_whitelist_and_values_are_bound(tmp_path):
     db.finish_run(path, evil, "completed", {})
     assert db.query(path, "SELECT run_id FROM runs") == [(evil,)]
     assert os.path.isfile(path)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"budget": 0}, "--budget must be > 0, got 0"),
+    ({"budget": -5}, "--budget must be > 0, got -5"),
+    ({"budget": float("nan")}, "--budget must be > 0, got nan"),
+    ({"budget": 5, "strategies": ["random", "bogus"]}, "unknown strategy 'bogus'"),
+    ({"budget": 5, "pool_name": "../../etc"}, "invalid pool name"),
+])
+def test_rank_refuses_a_budget_that_selects_nothing(tmp_path, prefect_harness, kwargs, message):
+    from flows.rank import rank_flow
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"instruction": "Summarise this."}\n')
+    args = {"pool": str(pool), "pool_name": "p", "workspace": str(tmp_path / "ws"), **kwargs}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        rank_flow(**args)
+    assert not (tmp_path / "ws" / "curation.duckdb").exists()  # refused before any write
