@@ -35,6 +35,8 @@ from sift_ops import finetune as ft
 log = logging.getLogger(__name__)
 
 TTT_STRATEGIES = ("sift", "nn", "random")
+#: pool strategies this module can rank without sift_ops.pool_strategies
+LOCAL_POOL_STRATEGIES = ("random", "k_center", "facility_location", "sift")
 #: Long lines are the unit of the overlap check between a held-out document and the corpus
 #: (short lines such as ``return x`` or ``else:`` occur everywhere and prove nothing).
 LONG_LINE = 30
@@ -262,6 +264,10 @@ def rank_pool(strategy: str, emb: np.ndarray, targets: np.ndarray, n: int, *, se
             if order is not None:
                 return _distinct_prefix([int(i) for i in order], len(emb), n, seed)
         except ValueError as err:
+            if strategy not in LOCAL_POOL_STRATEGIES:
+                raise ValueError(f"pool strategy {strategy!r} cannot run here: {err} "
+                                 "(eval-budget does not compute LM uncertainty scores)"
+                                 ) from err
             log.warning("sift_ops.pool_strategies could not rank %r (%s); using the local "
                         "strategy", strategy, err)
     from sift_ops import diversity, sift

@@ -65,3 +65,9 @@ def test_pool_strategies_module_is_used_when_present():
     order = ranker("k_center", emb, 10, targets=emb[:3], seed=0, lam=0.1)
     assert len(order) == 10 == len(set(order.tolist()))
     assert ev.rank_pool("k_center", emb, emb[:3], 10, seed=0) == order.tolist()
+
+
+def test_uncertainty_strategies_fail_clearly_without_lm_scores():
+    emb = np.eye(6, dtype=np.float32)
+    with pytest.raises(ValueError, match="uncertainty scores"):
+        ev.rank_pool("mean_entropy", emb, emb[:2], 3, seed=0)
