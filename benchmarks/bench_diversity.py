@@ -69,6 +69,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, ROOT)
+from benchmarks.synthetic import clustered_unit_vectors  # noqa: E402
 
 
 def emit(**kw) -> None:
@@ -92,27 +93,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def synthetic_pool(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
-    """Clustered unit vectors standing in for instruction embeddings.
-
-    100 topics x 10 subtopics with Zipf-like sizes (cosine ~0.5-0.8 within a subtopic) and
-    15% near-duplicates (cos ~0.99), as in real instruction pools.
-    """
-    n_topics, n_sub = 100, 10
-    topics = rng.standard_normal((n_topics, d))
-    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
-    sub = topics.repeat(n_sub, 0) + 0.8 * rng.standard_normal((n_topics * n_sub, d)) / np.sqrt(d)
-    sub /= np.linalg.norm(sub, axis=1, keepdims=True)
-    p = 1.0 / np.arange(1, len(sub) + 1) ** 0.8
-    which = rng.choice(len(sub), size=n, p=p / p.sum())
-    x = sub[which] + 0.75 * rng.standard_normal((n, d)) / np.sqrt(d)
-    dup = rng.random(n) < 0.15
-    src = rng.integers(0, n, size=n)
-    x[dup] = x[src[dup]] + 0.1 * rng.standard_normal((int(dup.sum()), d)) / np.sqrt(d)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -293,7 +273,7 @@ def main() -> None:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         data_desc = f"embeddings:{a.embeddings} (L2-normalised)"
     else:
-        x = synthetic_pool(a.n, a.d, rng)
+        x = clustered_unit_vectors(a.n, a.d, rng)
         data_desc = "synthetic clustered unit vectors (100x10 Zipf subtopics, 15% near-dups)"
     data = os.path.join(workdir, "pool.npy")
     np.save(data, x)

@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, ROOT)
+from benchmarks.synthetic import clustered_unit_vectors  # noqa: E402
 from sift_ops.sift import (  # noqa: E402
     DEFAULT_BLOCK_SIZE,
     DEFAULT_BLOCK_SIZE_CUDA,
@@ -67,29 +68,6 @@ from sift_ops.sift import (  # noqa: E402
 
 def emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
-
-
-def synthetic_corpus(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
-    """Clustered unit vectors with near-duplicates, standing in for text embeddings.
-
-    Topics -> subtopics -> documents (cosine ~0.5-0.8 within a subtopic), and 15% of the
-    documents are near-copies (cos ~0.99) of another one, as in a web corpus such as the
-    Pile. Near-copies are what makes nearest-neighbour retrieval redundant.
-    """
-    n_topics, n_sub = 100, 10
-    topics = rng.standard_normal((n_topics, d))
-    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
-    sub = topics.repeat(n_sub, 0) + 0.8 * rng.standard_normal((n_topics * n_sub, d)) / np.sqrt(d)
-    sub /= np.linalg.norm(sub, axis=1, keepdims=True)
-    # Zipf-like subtopic sizes
-    p = 1.0 / np.arange(1, len(sub) + 1) ** 0.8
-    which = rng.choice(len(sub), size=n, p=p / p.sum())
-    x = sub[which] + 0.75 * rng.standard_normal((n, d)) / np.sqrt(d)
-    dup = rng.random(n) < 0.15
-    src = rng.integers(0, n, size=n)
-    x[dup] = x[src[dup]] + 0.1 * rng.standard_normal((int(dup.sum()), d)) / np.sqrt(d)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
 
 
 def numpy_sift(q: np.ndarray, c: np.ndarray, n: int, lam: float) -> list[int]:
@@ -158,7 +136,7 @@ def main() -> None:
         corpus = np.ascontiguousarray(np.load(a.embeddings), dtype=np.float32)
         data = f"embeddings:{a.embeddings}"
     else:
-        corpus = synthetic_corpus(a.corpus, a.d, rng)
+        corpus = clustered_unit_vectors(a.corpus, a.d, rng)
         data = "synthetic clustered unit vectors with 15% near-duplicates"
     n_corpus, d = corpus.shape
     # queries: perturbed corpus documents (a prompt is near, not equal to, its sources)
