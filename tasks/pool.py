@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-import io
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks import db
+from tasks.prompt_files import iter_prompt_lines
 from tasks.workspace import check_name, workspace_root
 
 log = logging.getLogger(__name__)
@@ -308,32 +308,8 @@ def read_targets(path: str | Path) -> list[str]:
     ``input``]) or plain text, one prompt per line.  Errors name file and line."""
     from sift_ops.generation import prompt_text
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"targets file {path} does not exist")
-    out: list[str] = []
-    jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
-    data = path.read_bytes()
-    for lineno, raw in enumerate(io.BytesIO(data), start=1):
-        try:
-            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({err.reason})") from err
-        if not line:
-            continue
-        if not jsonl:
-            out.append(line)
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: malformed JSON: {err.msg}") from err
-        text = next((obj.get(k) for k in ("text", "prompt", "query", "instruction")
-                     if isinstance(obj, dict) and isinstance(obj.get(k), str)), None)
-        if not text or not text.strip():
-            raise ValueError(f"{path}:{lineno}: no non-empty text/prompt/query/instruction")
-        extra = obj.get("input") if isinstance(obj.get("input"), str) else None
-        out.append(prompt_text(text, extra))
-    if not out:
-        raise ValueError(f"targets file {path} holds no prompts")
+    out = []
+    for _, text, obj in iter_prompt_lines(path, "targets file"):
+        extra = (obj or {}).get("input")
+        out.append(prompt_text(text, extra if isinstance(extra, str) else None))
     return out

@@ -6,7 +6,6 @@ SIFT, nearest neighbours and random are comparable row by row in DuckDB.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,11 @@ from sift_ops import sift as sift_ops
 from sift_ops.index import search_shards
 from tasks.corpus import CorpusReader
 from tasks.index import iter_shard_indices, load_index_meta
+from tasks.prompt_files import iter_prompt_lines
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("sift", "nn", "random")
-_TEXT_KEYS = ("text", "prompt", "query", "instruction")
 
 
 @dataclass
@@ -36,38 +35,11 @@ def load_queries(path: str | Path) -> Queries:
     """Prompts from JSONL (``text``/``prompt``/``query`` + optional ``query_id``/``id``) or a
     plain text file (one prompt per line). Errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"queries file {path} does not exist")
     ids: list[str] = []
     texts: list[str] = []
-    jsonl = path.suffix in (".jsonl", ".json")
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({err.reason})") from err
-            if not line:
-                continue
-            if jsonl:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON: {err.msg}") from err
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object")
-                text = next((obj[k] for k in _TEXT_KEYS if k in obj), None)
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError(
-                        f"{path}:{lineno}: missing or empty field 'text' (or prompt/query)"
-                    )
-                qid = str(obj.get("query_id", obj.get("id", f"q{lineno:06d}")))
-            else:
-                text, qid = line, f"q{lineno:06d}"
-            ids.append(qid)
-            texts.append(text)
-    if not texts:
-        raise ValueError(f"queries file {path} holds no prompts")
+    for lineno, text, obj in iter_prompt_lines(path, "queries file"):
+        ids.append(str((obj or {}).get("query_id", (obj or {}).get("id", f"q{lineno:06d}"))))
+        texts.append(text)
     dupes = {q for q in ids if ids.count(q) > 1} if len(ids) < 50_000 else set()
     if dupes:
         raise ValueError(f"{path}: duplicate query_id values {sorted(dupes)[:5]}")
