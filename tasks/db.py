@@ -228,9 +228,16 @@ def finish_run(path: str | Path, run_id: str, status: str, summary: dict | None 
         con.execute("COMMIT")
 
 
-def replace_run_rows(path: str | Path, table: str, run_id: str, rows: pa.Table) -> int:
-    """Atomically replace ``run_id``'s rows in ``table`` with ``rows``; returns row count."""
-    if table not in RUN_TABLES:
+#: Tables whose rows are replaced wholesale: the per-run tables and the pools.
+REPLACEABLE_TABLES = (*RUN_TABLES, "pool_items")
+
+
+def replace_rows(path: str | Path, table: str, rows: pa.Table, where: str,
+                 params: list[Any]) -> int:
+    """In one transaction, delete the rows of ``table`` matching ``where`` (SQL with ``?``
+    placeholders bound to ``params``; written by this package, never by users) and insert
+    ``rows``. Returns the row count. A rerun therefore replaces, never doubles."""
+    if table not in REPLACEABLE_TABLES:
         raise ValueError(f"unknown run table {table!r}")
     with connect(path) as con:
         cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
@@ -240,7 +247,7 @@ def replace_run_rows(path: str | Path, table: str, run_id: str, rows: pa.Table) 
         con.register("new_rows", rows.select(cols))
         con.execute("BEGIN")
         try:
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            con.execute(f"DELETE FROM {table} WHERE {where}", params)
             con.execute(f"INSERT INTO {table} SELECT * FROM new_rows")
             con.execute("COMMIT")
         except Exception:
@@ -249,6 +256,13 @@ def replace_run_rows(path: str | Path, table: str, run_id: str, rows: pa.Table) 
         finally:
             con.unregister("new_rows")
     return rows.num_rows
+
+
+def replace_run_rows(path: str | Path, table: str, run_id: str, rows: pa.Table) -> int:
+    """Atomically replace ``run_id``'s rows in ``table`` with ``rows``; returns row count."""
+    if table not in RUN_TABLES:
+        raise ValueError(f"unknown run table {table!r}")
+    return replace_rows(path, table, rows, "run_id = ?", [run_id])
 
 
 def upsert_corpus(path: str | Path, name: str, corpus_path: str, model: str, dim: int,

@@ -143,18 +143,5 @@ def record_handoff(dbf: str | Path, manifest: dict[str, Any], folder: Path) -> i
         "sha256": pa.array([f["sha256"] for f in files], pa.string()),
         "created_at": pa.array([now] * len(files), pa.timestamp("us", tz="UTC")),
     })
-    with db.connect(dbf) as con:
-        cols = [r[0] for r in con.execute("DESCRIBE handoffs").fetchall()]
-        con.register("new_handoffs", rows.select(cols))
-        con.execute("BEGIN")
-        try:
-            con.execute("DELETE FROM handoffs WHERE run_id = ? AND starts_with(path, ?)",
-                        [manifest["run_id"], str(folder) + os.sep])
-            con.execute("INSERT INTO handoffs SELECT * FROM new_handoffs")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("new_handoffs")
-    return rows.num_rows
+    return db.replace_rows(dbf, "handoffs", rows, "run_id = ? AND starts_with(path, ?)",
+                           [manifest["run_id"], str(folder) + os.sep])

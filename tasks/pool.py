@@ -279,19 +279,7 @@ def store_pool(dbf: str | Path, run_id: str, pool_name: str, pool: Pool) -> None
         **{k: t.column(k) for k in ("item_id", "instruction", "input", "source", "output",
                                     "cost", "file", "line")},
     })
-    with db.connect(dbf) as con:
-        cols = [r[0] for r in con.execute("DESCRIBE pool_items").fetchall()]
-        con.register("new_items", rows.select(cols))
-        con.execute("BEGIN")
-        try:
-            con.execute("DELETE FROM pool_items WHERE pool_name = ?", [pool_name])
-            con.execute("INSERT INTO pool_items SELECT * FROM new_items")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("new_items")
+    db.replace_rows(dbf, "pool_items", rows, "pool_name = ?", [pool_name])
     q = pool.quarantined
     db.replace_run_rows(dbf, "quarantine", run_id, pa.table({
         "run_id": pa.array([run_id] * len(q), pa.string()),
