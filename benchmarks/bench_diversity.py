@@ -10,8 +10,11 @@ own; the parent then scores every selection with the same objectives:
 
 Methods:
 
-* ``sift_ops``: ``sift_ops.diversity.facility_location`` (faiss IndexFlatIP kNN graph + lazy
-  greedy in numpy).
+* ``sift_ops``: ``sift_ops.diversity.facility_location`` as the product calls it: kNN graph
+  with ``--graph`` (default "auto": the cell-blocked IVF graph above 20k items, exact
+  below) + lazy greedy in numpy.
+* ``sift_ops_exact``: the same greedy on the exact faiss kNN graph (brute force, O(n^2 d));
+  its graph is also the reference for the IVF graph's neighbour recall and for ``f_knn``.
 * ``apricot_graph``: apricot-select's FacilityLocationSelection (optimizer="lazy", numba)
   on the very same kNN graph as a precomputed sparse similarity: the greedy optimiser alone.
 * ``apricot_e2e``: apricot end to end from the features with its own kNN graph
@@ -41,7 +44,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("sift_ops", "apricot_graph", "apricot_e2e", "kcenter", "random")
+METHODS = ("sift_ops", "sift_ops_exact", "apricot_graph", "apricot_e2e", "kcenter", "random")
 
 
 def parse() -> argparse.Namespace:
@@ -52,6 +55,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--knn", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--graph", default="auto", choices=("auto", "exact", "ivf"),
+                   help="kNN graph of the 'sift_ops' method (sift_ops_exact is always exact)")
     p.add_argument("--embeddings", help=".npy [n, d] float32 pool instead of synthetic data")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--apricot-dense", action="store_true", help="also apricot's dense mode")
@@ -116,13 +121,13 @@ def worker(method: str, data: str, out: str) -> None:
     peak_reset = reset_peak_rss()
     res: dict = {"method": method}
     t0 = time.perf_counter()
-    if method == "sift_ops":
+    if method in ("sift_ops", "sift_ops_exact"):
         import faiss
 
         from sift_ops.diversity import facility_location, knn_graph
 
         faiss.omp_set_num_threads(ARGS.threads)
-        graph = knn_graph(x, ARGS.knn)
+        graph = knn_graph(x, ARGS.knn, method="exact" if method == "sift_ops_exact" else ARGS.graph)
         t1 = time.perf_counter()
         order, gains = facility_location(x, ARGS.budget, knn=ARGS.knn, graph=graph)
         t2 = time.perf_counter()
@@ -315,6 +320,8 @@ def main() -> None:
             str(a.threads),
             "--seed",
             str(a.seed),
+            "--graph",
+            a.graph,
         ]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -328,10 +335,19 @@ def main() -> None:
         r["sel"] = np.load(os.path.join(workdir, m + ".sel.npy"))
         results[m] = r
 
-    graph = None
-    gpath = os.path.join(workdir, "sift_ops")
-    if os.path.exists(gpath + ".nbr.npy"):
-        graph = (np.load(gpath + ".nbr.npy"), np.load(gpath + ".sim.npy"))
+    # f_knn on the exact graph where it was built (else on sift_ops's own graph)
+    graph = recall = None
+    for name in ("sift_ops_exact", "sift_ops"):
+        gpath = os.path.join(workdir, name)
+        if os.path.exists(gpath + ".nbr.npy"):
+            graph = (np.load(gpath + ".nbr.npy"), np.load(gpath + ".sim.npy"))
+            break
+    own = os.path.join(workdir, "sift_ops.nbr.npy")
+    if graph is not None and name == "sift_ops_exact" and os.path.exists(own):
+        approx = np.load(own)
+        # fraction of the exact top-k found, per item, averaged (row-wise set overlap)
+        hits = [np.intersect1d(approx[i], graph[0][i]).size for i in range(len(approx))]
+        recall = float(np.sum(hits) / graph[0].size)
     for r in results.values():
         sel = r.pop("sel")
         r["f_dense"] = f_dense(x, sel)
@@ -363,6 +379,19 @@ def main() -> None:
                 s[f"total_speedup_vs_{peer}"] = round(p["total_s"] / ours["total_s"], 1)
             s[f"peak_rss_mb_{peer}"] = p["peak_rss_mb"]
         s["peak_rss_mb_sift_ops"] = ours["peak_rss_mb"]
+        s["graph_sift_ops"] = a.graph
+        s["graph_s_sift_ops"] = round(ours["graph_s"], 2)
+        s["greedy_s_sift_ops"] = round(ours["greedy_s"], 2)
+        if recall is not None:
+            s["graph_recall_vs_exact"] = round(recall, 4)
+        ex = results.get("sift_ops_exact")
+        if ex:
+            s["f_dense_ratio_vs_sift_ops_exact"] = round(ours["f_dense"] / ex["f_dense"], 5)
+            s["total_s_sift_ops_exact"] = round(ex["total_s"], 2)
+            ape = results.get("apricot_e2e")
+            if ape:
+                s["total_speedup_exact_graph_vs_apricot_e2e"] = round(
+                    ape["total_s"] / ex["total_s"], 1)
         s["total_s_sift_ops"] = round(ours["total_s"], 2)
         rnd = results.get("random")
         if rnd:

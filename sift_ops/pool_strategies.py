@@ -43,7 +43,7 @@ from sift_ops.budget import (
     interleave_groups,
     max_affordable,
 )
-from sift_ops.diversity import facility_location, k_center_greedy
+from sift_ops.diversity import EXACT_GRAPH_MAX_N, facility_location, k_center_greedy
 from sift_ops.pool_sift import pool_sift, target_gram
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
 
@@ -138,7 +138,7 @@ def _order_in_group(strategy: str, items: np.ndarray, k: int, *, emb: np.ndarray
                     prio: np.ndarray | None, weights: np.ndarray | None,
                     labeled_emb: np.ndarray | None, gram: np.ndarray | None,
                     rng: np.random.Generator, knn: int, lam: float,
-                    exact_knn_max: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+                    exact_knn_max: int = EXACT_GRAPH_MAX_N) -> tuple[np.ndarray, np.ndarray]:
     """Pick order (positions into ``items``) and scores for one group, at most k picks."""
     n = len(items)
     k = min(k, n)
@@ -196,7 +196,7 @@ def rank_items(
     knn: int = 64,
     lam: float = 0.1,
     integral: bool = True,
-    exact_knn_max: int = 200_000,
+    exact_knn_max: int = EXACT_GRAPH_MAX_N,
 ) -> PoolRanking:
     """Choose pool items to annotate under a budget.
 
@@ -224,9 +224,8 @@ def rank_items(
         lam: SIFT noise parameter (> 0).
         integral: allocate whole cost units (True for items and tokens).
         exact_knn_max: groups larger than this build the facility-location kNN graph
-            with faiss IVF (``sift_ops.diversity.knn_graph(method="ivf")``), not exactly.
-            Measured at 70k x 384 on 2 busy cores an IVF graph was not faster than the
-            exact BLAS search, so the threshold is high; IVF wins by n^1.5 vs n^2 at 1M.
+            with the cell-blocked IVF search (``sift_ops.diversity.knn_graph(method="ivf")``),
+            not exactly; default :data:`sift_ops.diversity.EXACT_GRAPH_MAX_N`.
 
     Returns:
         :class:`PoolRanking`.  Deterministic for fixed inputs and seed.
