@@ -244,8 +244,13 @@ def eval_budget(
                                          "pool (1.0 is always added)")]
     = "0.05,0.1,0.25,0.5,1.0",
     strategies: Annotated[str, typer.Option(
-        help="Comma-separated: random, k_center, facility_location, sift (toward the test "
-        "prompts); others are passed to sift_ops.pool_strategies when it exists")]
+        help="Comma-separated pool strategies (random is always added). Default: random, "
+        "k_center, facility_location, sift (toward the test prompts). Opt-in, because "
+        "each one costs as much fine-tuning as the others and the first one adds LM "
+        "scoring of every selection-pool prompt (all ten at the defaults take hours on 2 "
+        "CPU cores): mean_entropy, max_entropy, least_confidence, mean_margin, "
+        "min_margin (most uncertain greedy answer of the base LM first) and "
+        "uncertainty_facility_location (facility location weighted by mean_entropy)")]
     = "random,k_center,facility_location,sift",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each draws its own "
                                        "pool/test split and random order")] = "0,1,2",
@@ -258,9 +263,15 @@ def eval_budget(
     encoder: Annotated[str | None, typer.Option(help="Encoder for prompt embeddings "
                                                 "(default: bundled all-MiniLM-L6-v2)")]
     = None,
-    max_prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens kept (from the "
-                                                   "end)")] = 128,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens kept (the first "
+                                                   "ones: the instruction comes first)")]
+    = 128,
     max_response_tokens: Annotated[int, typer.Option(help="Response tokens kept")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(
+        help="Uncertainty strategies only: length cap in tokens of the base LM's greedy "
+        "answer that is scored (as in `rank`)")] = 64,
+    gen_batch_size: Annotated[int, typer.Option(
+        help="Uncertainty strategies only: prompts per generate call")] = 16,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (use 1 on a "
                                                 "machine shared with other jobs)")] = None,
     run_id: RunId = None,
@@ -268,7 +279,9 @@ def eval_budget(
 ) -> None:
     """Label efficiency: test loss vs annotation budget per selection strategy.
 
-    Larger run: --n-select 800 --n-test 200 --epochs 2.
+    Larger run: --n-select 800 --n-test 200 --epochs 2. With the uncertainty strategies:
+    --strategies random,k_center,facility_location,sift,mean_entropy,max_entropy,\
+least_confidence,mean_margin,min_margin,uncertainty_facility_location
     """
     ws = _setup(workspace)
     from flows.eval_budget import eval_budget_flow
@@ -278,8 +291,9 @@ def eval_budget(
                            seeds=_ints(seeds), lr=lr, epochs=epochs, batch_size=batch_size,
                            lam=lam, lm=lm, encoder=encoder,
                            max_prompt_tokens=max_prompt_tokens,
-                           max_response_tokens=max_response_tokens, threads=threads,
-                           run_id=run_id))
+                           max_response_tokens=max_response_tokens,
+                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
+                           threads=threads, run_id=run_id))
 
 
 @app.command()

@@ -1,24 +1,32 @@
 """Flow `eval-budget`: label efficiency of pool strategies vs random sampling.
 
 For each seed the sample's instruction pool is split at random into a selection pool
-(``n_select`` items) and a test set (``n_test`` items). Each strategy orders the selection
-pool once (from prompt embeddings only: no labels are looked at); a budget of ``f`` keeps
-the first ``ceil(f * n_select)`` items. Those items are "annotated" by joining the
+(``n_select`` items) and a test set (``n_test`` items). Each strategy of
+:mod:`sift_ops.pool_strategies` orders the selection pool once, without looking at any
+label: the diversity strategies from the prompts' embeddings, the uncertainty strategies
+(opt-in, see :data:`BUDGET_STRATEGIES`) from the base LM's greedy answer to every prompt
+of the selection pools, scored once per run with :func:`sift_ops.generation.greedy_scores`
+(the scorer of the `rank` flow's LM stage). A budget of ``f`` keeps the first
+``ceil(f * n_select)`` items. Those items are "annotated" by joining the
 sample's reference responses (pool_references.jsonl), the LM is fine-tuned on them (Adam,
 ``epochs`` passes, responses only in the loss), and the mean loss in nats per response
 token on the test set is measured; the weights are restored before the next
-(strategy, budget). At 100 % every strategy has the whole pool; training then sees the
-items in a seed-fixed order that does not depend on the strategy, so all strategies share
+(strategy, budget). Training sees the chosen items in a seed-fixed order that does not
+depend on the strategy, so two strategies that choose the same set at a budget get the
+same result, which is computed once. At 100 % every strategy has the whole pool: all share
 one 100 % run, "random at 100 %", the reference every strategy is measured against.
 
-Output: ``evaluations`` rows (kind 'budget', budget = fraction of the pool, metric
-'test_loss' per seed; strategy 'base' at budget 0 is the model before fine-tuning), a PNG
-of loss vs budget, and a Markdown artifact that names the budget at which each strategy
-first reaches random-at-100 %'s mean loss.
+Output: ``evaluations`` rows (kind 'budget', budget = fraction of the pool, metrics
+'test_loss', 'train_items', 'train_steps' per seed, and 'selected_mean_entropy' when the
+pool was scored; strategy 'base' at budget 0 is the model before fine-tuning), a PNG of
+loss vs budget, ``reports/<run_id>/pool_uncertainty.jsonl`` (the per-item scores, when
+computed), and a Markdown artifact that names the budget at which each strategy first
+reaches random-at-100 %'s mean loss.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,16 +37,25 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
+from sift_ops.generation import SCORE_KEYS
+from sift_ops.pool_strategies import LM_STRATEGIES, STRATEGIES, needs_lm
+from sift_ops.uncertainty import UNCERTAINTY_KEYS
 from tasks import artifacts, db
 from tasks import evaluate as ev
 from tasks.eval_plots import budget_curves
 from tasks.runs import make_run_id, tracked_run
 from tasks.workspace import db_path, reports_dir, workspace_root
 
+#: Default strategies. The uncertainty strategies (sift_ops.pool_strategies.LM_STRATEGIES)
+#: are opt-in via ``strategies``: each adds as much fine-tuning as a diversity strategy
+#: (~40 % more per strategy at the defaults), and the first one adds the LM scoring of
+#: every selection-pool prompt; all ten strategies at the defaults take hours on 2 CPU
+#: cores (measured run in README "Results").
 BUDGET_STRATEGIES = ("random", "k_center", "facility_location", "sift")
 DEFAULTS = {"n_select": 120, "n_test": 40, "budgets": (0.05, 0.1, 0.25, 0.5, 1.0),
             "seeds": (0, 1, 2), "lr": 1e-4, "epochs": 1, "batch_size": 8, "lam": 0.1,
-            "max_prompt_tokens": 128, "max_response_tokens": 64}
+            "max_prompt_tokens": 128, "max_response_tokens": 64, "max_new_tokens": 64,
+            "gen_batch_size": 16}
 
 
 @task(name="embed-pool-prompts", persist_result=False, cache_policy=NO_CACHE)
@@ -48,10 +65,58 @@ def embed_prompts(prompts: list[str], encoder: str | None) -> np.ndarray:
     return TextEncoder(encoder).encode(prompts)
 
 
+@task(name="score-pool-uncertainty", persist_result=False, cache_policy=NO_CACHE)
+def score_uncertainty(lm: str | None, cache_dir: str, prompts: list[str], *,
+                      max_new_tokens: int, gen_batch_size: int, threads: int | None
+                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Uncertainty of the base LM's greedy answer to each of ``prompts``.
+
+    Returns ``[len(prompts)]`` arrays keyed by :data:`sift_ops.generation.SCORE_KEYS`
+    (the five uncertainty metrics, NaN for an empty answer; ``gen_tokens``,
+    ``prompt_tokens``) and stats (items, seconds, items/s). Prompts go through
+    :func:`sift_ops.generation.greedy_scores` in length-sorted chunks so a progress bar
+    can follow; the scores do not depend on the chunking beyond float rounding.
+    """
+    import torch
+
+    from sift_ops.causal_lm import load_causal_lm
+    from sift_ops.generation import greedy_scores
+
+    logger = get_run_logger()
+    if threads:
+        torch.set_num_threads(threads)
+    model, tok = load_causal_lm(lm, cache_dir=cache_dir)
+    n = len(prompts)
+    out = {k: np.full(n, np.nan) for k in SCORE_KEYS}
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    step = 4 * gen_batch_size
+    bar = tqdm(total=n, desc="LM uncertainty", unit="item", file=sys.stderr,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for s in range(0, n, step):
+            rows = order[s:s + step]
+            part = greedy_scores(model, tok, [prompts[i] for i in rows],
+                                 max_new_tokens=max_new_tokens, batch_size=gen_batch_size)
+            for k in SCORE_KEYS:
+                out[k][rows] = part[k]
+            bar.update(len(rows))
+    finally:
+        bar.close()
+    secs = time.perf_counter() - t0
+    stats = {"items": n, "seconds": round(secs, 1), "items_per_s": n / secs if secs else 0.0,
+             "max_new_tokens": max_new_tokens,
+             "mean_gen_tokens": float(np.mean(out["gen_tokens"])) if n else 0.0}
+    logger.info("LM uncertainty of %d pool prompts in %.1f s (%.2f items/s, max %d new "
+                "tokens, %.1f on average)", n, secs, stats["items_per_s"], max_new_tokens,
+                stats["mean_gen_tokens"])
+    return out, stats
+
+
 @task(name="rank-pool", persist_result=False, cache_policy=NO_CACHE)
 def rank(strategy: str, emb: np.ndarray, targets: np.ndarray, n: int, seed: int,
-         lam: float) -> list[int]:
-    return ev.rank_pool(strategy, emb, targets, n, seed=seed, lam=lam)
+         lam: float, scores: dict[str, np.ndarray] | None) -> list[int]:
+    return ev.rank_pool(strategy, emb, targets, n, seed=seed, lam=lam, scores=scores)
 
 
 @task(name="finetune-on-budgets", persist_result=False, cache_policy=NO_CACHE)
@@ -60,7 +125,11 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
                         batch_size: int, max_prompt_tokens: int, max_response_tokens: int,
                         threads: int | None) -> list[dict[str, Any]]:
     """Run every (seed, strategy, budget) fine-tune + test loss. ``plan[seed]`` holds
-    ``test`` (pool indices) and ``sets`` {(strategy, fraction): pool indices}."""
+    ``test`` (pool indices) and ``sets`` {(strategy, fraction): pool indices}.
+
+    Training does not depend on which strategy chose a set (canonical order, seed-only
+    shuffle, weights restored in between), so a set already trained for this seed is not
+    trained again: its row repeats the result (``seconds`` 0, ``same_as`` the first)."""
     import torch
 
     from sift_ops import finetune as ft
@@ -83,12 +152,20 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
     rows: list[dict[str, Any]] = []
     try:
         for seed, p in plan.items():
+            done: dict[tuple[int, ...], dict[str, Any]] = {}
             test = [enc[i] for i in p["test"]]
             nll, count = ft.pairs_nll(model, test, pad, progress=bar.update)
             rows.append({"seed": seed, "strategy": "base", "budget": 0.0, "items": 0,
                          "steps": 0, "test_loss": nll / count, "test_tokens": count,
                          "seconds": 0.0})
             for (strategy, frac), items in p["sets"].items():
+                key = tuple(sorted(items))
+                if key in done:
+                    first = done[key]
+                    rows.append({**first, "strategy": strategy, "budget": frac, "seconds": 0.0,
+                                 "same_as": f"{first['strategy']}@{first['budget']:g}"})
+                    bar.update(len(items) * epochs + len(test))
+                    continue
                 t0 = time.perf_counter()
                 # canonical order, then a seed-only shuffle inside sft_train: the same set
                 # of items trains the same way whichever strategy chose it
@@ -105,6 +182,7 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
                              "items": len(items), "steps": len(losses),
                              "test_loss": nll / count, "test_tokens": count,
                              "seconds": round(time.perf_counter() - t0, 2)})
+                done[key] = rows[-1]
                 bar.set_postfix({"seed": seed, strategy: f"{frac:g}:{nll / count:.3f}"})
         if not ft.same_weights(model, base):
             raise RuntimeError("model weights differ from the base after the evaluation")
@@ -121,6 +199,17 @@ def reach_budget(curves: dict[str, dict[float, list[float]]], reference: float
         hit = [b for b in sorted(by_b) if float(np.mean(by_b[b])) <= reference + 1e-12]
         out[s] = hit[0] if hit else None
     return out
+
+
+def _panels(strategies: list[str]) -> dict[str, list[str]] | None:
+    """Plot panels: random + diversity strategies | random + uncertainty strategies
+    (None, one panel, when only one kind was run)."""
+    lm = [s for s in strategies if s in LM_STRATEGIES]
+    other = [s for s in strategies if s not in LM_STRATEGIES and s != "random"]
+    if not lm or not other:
+        return None
+    return {"diversity (prompt embeddings)": ["random", *other],
+            "LM uncertainty of the base model's answer": ["random", *lm]}
 
 
 @flow(name="eval-budget", log_prints=True)
@@ -140,22 +229,35 @@ def eval_budget_flow(
     encoder: str | None = None,
     max_prompt_tokens: int = DEFAULTS["max_prompt_tokens"],
     max_response_tokens: int = DEFAULTS["max_response_tokens"],
+    max_new_tokens: int = DEFAULTS["max_new_tokens"],
+    gen_batch_size: int = DEFAULTS["gen_batch_size"],
     threads: int | None = None,
     run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Label-efficiency evaluation on the sample's pool (see the module docstring)."""
+    """Label-efficiency evaluation on the sample's pool (see the module docstring).
+
+    ``max_new_tokens`` / ``gen_batch_size`` only matter when a strategy needs LM
+    uncertainty scores (the greedy answer's length cap in tokens, prompts per
+    ``generate`` call).
+    """
     logger = get_run_logger()
     budgets = sorted(float(b) for b in (budgets or DEFAULTS["budgets"]))
     if budgets[-1] != 1.0:
         budgets.append(1.0)  # the reference, random at 100 %, is always measured
     if budgets[0] <= 0 or budgets[-1] > 1:
         raise ValueError(f"budgets are fractions in (0, 1] (got {budgets})")
-    strategies = list(strategies or BUDGET_STRATEGIES)
+    strategies = list(dict.fromkeys(strategies or BUDGET_STRATEGIES))
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise ValueError(f"unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
     if "random" not in strategies:
         strategies.insert(0, "random")
     seeds = list(seeds if seeds is not None else DEFAULTS["seeds"])
     if n_select < 2 or n_test < 1 or lr <= 0 or epochs < 1 or not seeds:
         raise ValueError("need n_select >= 2, n_test >= 1, lr > 0, epochs >= 1, some seeds")
+    use_lm = needs_lm(strategies)
+    if use_lm and (max_new_tokens < 1 or gen_batch_size < 1):
+        raise ValueError("need max_new_tokens >= 1 and gen_batch_size >= 1")
     ws = str(workspace_root(workspace))
     sample_dir = Path(sample or Path(ws) / "sample").expanduser().resolve()
     pool_file, refs_file = sample_dir / "pool.jsonl", sample_dir / "pool_references.jsonl"
@@ -167,8 +269,11 @@ def eval_budget_flow(
               "epochs": epochs, "batch_size": batch_size, "lam": lam, "lm": lm,
               "encoder": encoder, "max_prompt_tokens": max_prompt_tokens,
               "max_response_tokens": max_response_tokens}
+    if use_lm:  # run ids of runs without LM strategies do not depend on these
+        params |= {"max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size}
     rid = make_run_id("eval-budget", params, run_id)
     dbf = db_path(ws)
+    models = str(Path(ws) / "models")
     t_start = time.perf_counter()
     with tracked_run(dbf, rid, "eval-budget", params) as rec:
         pairs = ev.load_pool_pairs(pool_file, refs_file)
@@ -178,30 +283,53 @@ def eval_budget_flow(
         used_emb = embed_prompts([pairs[i].prompt for i in used], encoder)
         emb = np.zeros((len(pairs), used_emb.shape[1]), dtype=np.float32)
         emb[used] = used_emb
+        # LM uncertainty once per run, for every item some seed may select (test items
+        # are never ranked); [n_pool] arrays, NaN where not scored
+        scores: dict[str, np.ndarray] = {}
+        lm_stats: dict[str, Any] = {}
+        if use_lm:
+            selectable = sorted({i for sel, _ in splits.values() for i in sel})
+            part, lm_stats = score_uncertainty(
+                lm, models, [pairs[i].prompt for i in selectable],
+                max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
+                threads=threads)
+            for k in SCORE_KEYS:
+                scores[k] = np.full(len(pairs), np.nan)
+                scores[k][selectable] = part[k]
         plan: dict[int, dict[str, Any]] = {}
         for seed in seeds:
             sel_idx, test_idx = splits[seed]
             sizes = ev.budget_sizes(n_select, budgets)
+            seed_scores = ({k: scores[k][sel_idx] for k in UNCERTAINTY_KEYS}
+                           if use_lm else None)
             sets: dict[tuple[str, float], list[int]] = {}
             for strategy in strategies:
-                order = rank(strategy, emb[sel_idx], emb[test_idx], n_select, seed, lam)
+                order = rank(strategy, emb[sel_idx], emb[test_idx], n_select, seed, lam,
+                             seed_scores)
                 for frac, size in zip(budgets, sizes, strict=True):
                     if frac == 1.0 and strategy != "random":
                         continue  # identical to random at 100 % (same set, same order)
                     sets[(strategy, frac)] = [sel_idx[j] for j in order[:size]]
             plan[seed] = {"test": test_idx, "sets": sets}
-        rows = finetune_on_budgets(lm, str(Path(ws) / "models"), pairs, plan, lr=lr,
+        rows = finetune_on_budgets(lm, models, pairs, plan, lr=lr,
                                    epochs=epochs, batch_size=batch_size,
                                    max_prompt_tokens=max_prompt_tokens,
                                    max_response_tokens=max_response_tokens, threads=threads)
         # every strategy's 100 % point is the shared random-at-100 % run
         for r in [r for r in rows if r["strategy"] == "random" and r["budget"] == 1.0]:
             rows += [{**r, "strategy": s} for s in strategies if s != "random"]
+        metrics = [("test_loss", "test_loss"), ("train_items", "items"),
+                   ("train_steps", "steps")]
+        if use_lm:  # do the uncertainty strategies pick what the LM is unsure about?
+            for r in rows:
+                if r["strategy"] != "base":
+                    key = ("random" if r["budget"] == 1.0 else r["strategy"], r["budget"])
+                    r["selected_mean_entropy"] = float(np.nanmean(
+                        scores["mean_entropy"][plan[r["seed"]]["sets"][key]]))
+            metrics.append(("selected_mean_entropy", "selected_mean_entropy"))
         records = [{"strategy": r["strategy"], "budget": r["budget"], "seed": r["seed"],
                     "metric": m, "value": r[v]}
-                   for r in rows for m, v in (("test_loss", "test_loss"),
-                                              ("train_items", "items"),
-                                              ("train_steps", "steps"))]
+                   for r in rows for m, v in metrics if v in r]
         db.replace_run_rows(dbf, "evaluations", rid, ev.evaluation_rows(rid, "budget",
                                                                         records))
         curves: dict[str, dict[float, list[float]]] = {}
@@ -220,21 +348,34 @@ def eval_budget_flow(
                 row[f"{b:.0%}"] = f"{m:.4f} +- {sd:.4f}"
             row["reaches random@100%"] = f"{reached[s]:.0%}" if reached[s] else "never"
             table.append(row)
+        seconds = {s: round(sum(r["seconds"] for r in rows if r["strategy"] == s
+                                and not (s != "random" and r["budget"] == 1.0)), 1)
+                   for s in strategies}
         rec.summary = {"table": table, "reference_loss": reference, "base_loss": base_loss,
-                       "reached": reached,
+                       "reached": reached, "finetune_seconds": seconds,
+                       "lm_scoring": lm_stats,
                        "wall_seconds": round(time.perf_counter() - t_start, 1)}
     out_dir = reports_dir(ws, rid)
+    if use_lm:
+        with open(out_dir / "pool_uncertainty.jsonl", "w", encoding="utf-8") as fh:
+            for i in np.flatnonzero(np.isfinite(scores["gen_tokens"])):
+                fh.write(json.dumps({"item_id": pairs[i].item_id, "source": pairs[i].source,
+                                     **{k: float(scores[k][i]) for k in SCORE_KEYS}}) + "\n")
     plot = budget_curves(
         curves, out_dir / "budget_loss.png",
         f"Label efficiency: pool {n_select}, test {n_test}, {len(seeds)} seeds, "
         f"lr={lr:g}, {epochs} epoch(s)", "test loss (nats per response token)",
-        reference=reference, base=base_loss)
+        reference=reference, base=base_loss, panels=_panels(strategies))
     logger.info("eval-budget %s: reference %.4f, base %.4f, reached %s; plot %s", rid,
                 reference, base_loss, reached, plot)
+    lm_line = (f"LM uncertainty of {lm_stats['items']} selection-pool prompts (greedy "
+               f"answers of at most {max_new_tokens} tokens) in {lm_stats['seconds']} s, "
+               f"{lm_stats['items_per_s']:.2f} items/s.\n\n" if lm_stats else "")
     artifacts.markdown(
         "eval-budget",
         f"# Label efficiency `{rid}`\n\nSelection pool {n_select} items, test {n_test} "
         f"items, seeds {seeds}; Adam lr={lr}, {epochs} epoch(s), batch {batch_size}.\n\n"
+        + lm_line +
         f"Test loss (nats per response token, mean +- std over seeds). Base model "
         f"{base_loss:.4f}; random at 100 % {reference:.4f}.\n\n" +
         artifacts.md_table(table) + f"\n\nPlot: `{plot}`\n\n```sql\nSELECT strategy, budget, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,32 +59,48 @@ def strategy_points(per_seed: dict[str, Sequence[float]], path: str | Path, titl
 
 def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | Path,
                   title: str, ylabel: str, reference: float | None = None,
-                  base: float | None = None) -> Path:
+                  base: float | None = None,
+                  panels: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Loss vs budget (percent of the pool, log x axis), one line per strategy with a
-    +-1 std band over seeds; dashed: random at 100 %; dotted: the base model."""
+    +-1 std band over seeds; dashed: random at 100 %; dotted: the base model.
+
+    ``curves[strategy][budget fraction]`` holds one value per seed. ``panels`` (panel
+    title -> strategies) splits the strategies over side-by-side axes sharing the y axis
+    (e.g. diversity | uncertainty, each with random), so ten lines are not drawn on top
+    of each other; a strategy keeps its colour in every panel. Default: one untitled
+    panel with every strategy.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.8, 4.4), dpi=110)
-    for i, (name, by_budget) in enumerate(curves.items()):
-        b = sorted(by_budget)
-        m = np.array([np.mean(by_budget[x]) for x in b])
-        s = np.array([np.std(by_budget[x], ddof=1) if len(by_budget[x]) > 1 else 0.0
-                      for x in b])
-        pct = np.array(b) * 100
-        ax.plot(pct, m, marker="o", label=name, color=f"C{i}", lw=2)
-        ax.fill_between(pct, m - s, m + s, color=f"C{i}", alpha=0.12)
-    if reference is not None:
-        ax.axhline(reference, ls="--", color="black", lw=1, label="random at 100 %")
-    if base is not None:
-        ax.axhline(base, ls=":", color="grey", lw=1, label="base model (no fine-tuning)")
-    ax.set_xscale("log")
+    names = list(curves)
+    groups = {t: list(g) for t, g in panels.items()} if panels else {"": names}
+    colour = {s: f"C{i % 10}" for i, s in enumerate(names)}
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.8 * len(groups), 4.6), dpi=110,
+                             sharey=True, squeeze=False)
     ticks = sorted({x * 100 for c in curves.values() for x in c})
-    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("annotation budget (share of the selection pool)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, (panel, group) in zip(axes[0], groups.items(), strict=True):
+        for name in group:
+            by_budget = curves[name]
+            b = sorted(by_budget)
+            m = np.array([np.mean(by_budget[x]) for x in b])
+            s = np.array([np.std(by_budget[x], ddof=1) if len(by_budget[x]) > 1 else 0.0
+                          for x in b])
+            pct = np.array(b) * 100
+            ax.plot(pct, m, marker="o", label=name, color=colour[name], lw=2)
+            ax.fill_between(pct, m - s, m + s, color=colour[name], alpha=0.12)
+        if reference is not None:
+            ax.axhline(reference, ls="--", color="black", lw=1, label="random at 100 %")
+        if base is not None:
+            ax.axhline(base, ls=":", color="grey", lw=1, label="base model (no fine-tuning)")
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("annotation budget (share of the selection pool)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if panel:
+            ax.set_title(panel, fontsize=9)
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

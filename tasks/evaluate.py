@@ -17,11 +17,10 @@ the rows of the ``evaluations`` table.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 import sysconfig
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,10 @@ import pyarrow as pa
 import torch
 
 from sift_ops import finetune as ft
-
-log = logging.getLogger(__name__)
+from sift_ops.generation import prompt_text
+from sift_ops.pool_strategies import rank_items
 
 TTT_STRATEGIES = ("sift", "nn", "random")
-#: pool strategies this module can rank without sift_ops.pool_strategies
-LOCAL_POOL_STRATEGIES = ("random", "k_center", "facility_location", "sift")
 #: Long lines are the unit of the overlap check between a held-out document and the corpus
 #: (short lines such as ``return x`` or ``else:`` occur everywhere and prove nothing).
 LONG_LINE = 30
@@ -226,7 +223,8 @@ def load_pool_pairs(pool: str | Path, references: str | Path) -> list[PoolPair]:
             iid = str(p["item_id"])
             if iid not in refs:
                 raise ValueError(f"{pool}:{lineno}: item {iid} has no reference response")
-            prompt = p["instruction"] + (("\n\n" + p["input"]) if p.get("input") else "")
+            # the user turn exactly as `rank` builds it for the LM (sift_ops.generation)
+            prompt = prompt_text(p["instruction"], p.get("input"))
             out.append(PoolPair(iid, p.get("source", ""), prompt, refs[iid]))
     return out
 
@@ -246,61 +244,38 @@ def budget_sizes(n_pool: int, fractions: Sequence[float]) -> list[int]:
 
 
 def rank_pool(strategy: str, emb: np.ndarray, targets: np.ndarray, n: int, *, seed: int,
-              lam: float = 0.1) -> list[int]:
+              lam: float = 0.1, scores: Mapping[str, np.ndarray] | None = None) -> list[int]:
     """An order of ``n`` distinct pool items for ``strategy`` (prefixes are the budgets).
 
-    ``emb [n_pool, d]`` are the pool prompts' embeddings, ``targets [m, d]`` the test
-    prompts' (unlabelled, so a transductive strategy may look at them).
+    Args:
+        strategy: one of :data:`sift_ops.pool_strategies.STRATEGIES`.
+        emb: ``[n_pool, d]`` float32 L2-normalised embeddings of the pool prompts.
+        targets: ``[m, d]`` embeddings of the test prompts (unlabelled, so the
+            transductive ``sift`` may look at them; the others ignore them).
+        n: length of the order (at most ``n_pool``).
+        seed: seed of ``random`` and of the top-up below.
+        lam: SIFT noise parameter.
+        scores: ``[n_pool]`` float arrays keyed by uncertainty metric (``mean_entropy``
+            ...; NaN = not scored), the base LM's greedy-answer uncertainty; needed by
+            :data:`sift_ops.pool_strategies.LM_STRATEGIES` (ValueError without them).
 
-    Hook: when the pool-ranking module ``sift_ops.pool_strategies`` exists and knows the
-    strategy, it decides; otherwise the strategies buildable from sift_ops.diversity and
-    sift_ops.sift are used: random, k_center, facility_location and sift (transductive,
-    toward the test prompts, the pool being the candidates).
+    The order is :func:`sift_ops.pool_strategies.rank_items`'s pick order under a budget
+    of ``n`` items, one group, unit costs: every strategy there is a sort or a greedy, so
+    the first ``b`` items of the order are exactly its picks at a budget of ``b``. A
+    strategy that stops early (nothing left to gain) is topped up from a seeded random
+    permutation so every budget gets its number of items.
     """
-    external = _external_ranker()
-    if external is not None and strategy != "random":
-        try:
-            order = external(strategy, emb, n, targets=targets, seed=seed, lam=lam)
-            if order is not None:
-                return _distinct_prefix([int(i) for i in order], len(emb), n, seed)
-        except ValueError as err:
-            if strategy not in LOCAL_POOL_STRATEGIES:
-                raise ValueError(f"pool strategy {strategy!r} cannot run here: {err} "
-                                 "(eval-budget does not compute LM uncertainty scores)"
-                                 ) from err
-            log.warning("sift_ops.pool_strategies could not rank %r (%s); using the local "
-                        "strategy", strategy, err)
-    from sift_ops import diversity, sift
-
-    if strategy == "random":
-        return np.random.default_rng(seed).permutation(len(emb))[:n].tolist()
-    if strategy == "k_center":
-        return diversity.k_center_greedy(emb, n).tolist()
-    if strategy == "facility_location":
-        order, _ = diversity.facility_location(emb, n, knn=min(32, len(emb) - 1))
-        return _distinct_prefix(order.tolist(), len(emb), n, seed)
-    if strategy == "sift":
-        # SIFT toward all test prompts at once (their summed posterior variance); with a
-        # small lam repeats rarely help, and the budget counts distinct items, so dedupe
-        sel = sift.sift_select(torch.from_numpy(targets)[None], torch.from_numpy(emb)[None],
-                               min(4 * n, 4 * len(emb)), lam)
-        picks = [int(i) for i in sel.indices[0].tolist() if i >= 0]
-        return _distinct_prefix(picks, len(emb), n, seed, fill=_by_similarity(emb, targets))
-    raise ValueError(f"unknown pool strategy {strategy!r}")
+    ranking = rank_items(strategy, emb, scores, None, None, float(n), targets=targets,
+                         seed=seed, lam=lam)
+    return _distinct_prefix(ranking.index.tolist(), len(emb), n, seed)
 
 
-def _by_similarity(emb: np.ndarray, targets: np.ndarray) -> list[int]:
-    score = (emb @ targets.T).mean(axis=1)
-    return np.argsort(-score, kind="stable").tolist()
-
-
-def _distinct_prefix(order: list[int], n_pool: int, n: int, seed: int,
-                     fill: list[int] | None = None) -> list[int]:
-    """The first ``n`` distinct items of ``order``, topped up from ``fill`` (or a seeded
-    permutation) when the strategy picked fewer."""
+def _distinct_prefix(order: list[int], n_pool: int, n: int, seed: int) -> list[int]:
+    """The first ``n`` distinct items of ``order``, topped up from a seeded permutation
+    of the pool when the strategy picked fewer."""
     out: list[int] = []
     seen: set[int] = set()
-    rest = fill if fill is not None else np.random.default_rng(seed).permutation(n_pool).tolist()
+    rest = np.random.default_rng(seed).permutation(n_pool).tolist()
     for i in [*order, *rest]:
         if i not in seen and 0 <= i < n_pool:
             seen.add(i)
@@ -308,29 +283,6 @@ def _distinct_prefix(order: list[int], n_pool: int, n: int, seed: int,
             if len(out) == n:
                 break
     return out
-
-
-def _external_ranker() -> Callable[..., Any] | None:
-    """``sift_ops.pool_strategies.rank_items`` (the pool-ranking issue's pure function)
-    adapted to (strategy, emb, n, targets, seed, lam), or None when it is not installed.
-
-    Called with a budget of ``n`` items, one group and unit costs, so its order is the
-    strategy's own pick order. Strategies that need LM uncertainty scores raise
-    ValueError there (no scores are passed) and fall back to the local dispatcher, which
-    refuses them too: scoring the pool with the LM is not part of this evaluation yet.
-    """
-    try:
-        from sift_ops.pool_strategies import rank_items
-    except ImportError:
-        return None
-
-    def call(strategy: str, emb: np.ndarray, n: int, *, targets: np.ndarray, seed: int,
-             lam: float) -> np.ndarray:
-        ranking = rank_items(strategy, emb, None, None, None, float(n), targets=targets,
-                             seed=seed, lam=lam)
-        return np.asarray(ranking.index)[:n]
-
-    return call
 
 
 # --------------------------------------------------------------------------- rows

@@ -98,3 +98,53 @@ def test_eval_budget_smoke(ws):
     assert set(out["reached"]) == set(strategies)
     assert out["reached"]["random"] is not None  # random reaches itself, at 100 % at worst
     assert Path(out["plot"]).stat().st_size > 5_000
+
+
+def test_eval_budget_uncertainty_strategies(ws):
+    from flows.eval_budget import eval_budget_flow
+
+    strategies = ["random", "k_center", "mean_entropy", "min_margin",
+                  "uncertainty_facility_location"]
+    out = eval_budget_flow(workspace=ws.ws, sample=ws.sample, n_select=12, n_test=4,
+                           budgets=[0.25, 0.5], strategies=strategies, seeds=[3], lm=ws.lm,
+                           lr=1e-3, batch_size=4, max_prompt_tokens=48,
+                           max_response_tokens=16, max_new_tokens=6, gen_batch_size=4)
+    rows = _rows(ws.ws, out["run_id"])
+    loss = {(s, b): v for s, b, _seed, m, v in rows if m == "test_loss"}
+    for s in strategies:
+        assert all(math.isfinite(loss[(s, b)]) for b in (0.25, 0.5, 1.0))
+        assert loss[(s, 1.0)] == loss[("random", 1.0)]
+    # the selection pool was scored once: one line per selectable item, finite scores
+    report = Path(ws.ws) / "reports" / out["run_id"]
+    scored = [json.loads(x) for x in
+              (report / "pool_uncertainty.jsonl").read_text().splitlines()]
+    assert len(scored) == 12 == len({r["item_id"] for r in scored})
+    assert all(math.isfinite(r["mean_entropy"]) and 1 <= r["gen_tokens"] <= 6
+               for r in scored)
+    assert out["lm_scoring"]["items"] == 12
+    # mean_entropy takes the most uncertain items: the top of the scores, at every budget
+    ent = {(s, b): v for s, b, _seed, m, v in rows if m == "selected_mean_entropy"}
+    top = sorted((r["mean_entropy"] for r in scored), reverse=True)
+    assert ent[("mean_entropy", 0.25)] == pytest.approx(sum(top[:3]) / 3)
+    assert ent[("mean_entropy", 0.5)] >= ent[("random", 0.5)]
+    assert ent[("k_center", 1.0)] == pytest.approx(sum(top) / 12)
+    assert Path(out["plot"]).stat().st_size > 5_000
+    assert set(out["finetune_seconds"]) == set(strategies)
+
+
+def test_finetune_on_budgets_trains_a_repeated_set_once(ws):
+    from flows.eval_budget import finetune_on_budgets
+    from tasks import evaluate as ev
+
+    pairs = ev.load_pool_pairs(Path(ws.sample) / "pool.jsonl",
+                               Path(ws.sample) / "pool_references.jsonl")
+    plan = {0: {"test": [0, 1], "sets": {("a", 0.5): [2, 3, 4], ("b", 0.5): [4, 2, 3],
+                                         ("b", 1.0): [2, 3, 4, 5]}}}
+    rows = finetune_on_budgets.fn(ws.lm, str(Path(ws.ws) / "models"), pairs, plan, lr=1e-3,
+                                  epochs=1, batch_size=2, max_prompt_tokens=32,
+                                  max_response_tokens=8, threads=None)
+    by = {(r["strategy"], r["budget"]): r for r in rows}
+    assert by[("b", 0.5)]["test_loss"] == by[("a", 0.5)]["test_loss"]
+    assert by[("b", 0.5)]["same_as"] == "a@0.5" and by[("b", 0.5)]["seconds"] == 0.0
+    assert "same_as" not in by[("b", 1.0)]
+    assert by[("b", 1.0)]["test_loss"] != by[("a", 0.5)]["test_loss"]

@@ -56,18 +56,76 @@ def test_rank_pool_sift_starts_at_the_target_and_random_depends_on_seed():
         ev.rank_pool("nope", emb, emb[:2], 5, seed=0)
 
 
-def test_pool_strategies_module_is_used_when_present():
-    ranker = ev._external_ranker()
-    assert ranker is not None  # sift_ops.pool_strategies (pool-ranking issue) is installed
-    rng = np.random.default_rng(1)
-    emb = rng.normal(size=(30, 8)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    order = ranker("k_center", emb, 10, targets=emb[:3], seed=0, lam=0.1)
-    assert len(order) == 10 == len(set(order.tolist()))
-    assert ev.rank_pool("k_center", emb, emb[:3], 10, seed=0) == order.tolist()
+def _unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    emb = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def test_rank_pool_is_rank_items_pick_order():
+    from sift_ops.pool_strategies import rank_items
+
+    emb = _unit_rows(30, 8, 1)
+    for strategy in ("k_center", "facility_location", "sift"):
+        direct = rank_items(strategy, emb, None, None, None, 10.0, targets=emb[:3], seed=0)
+        assert ev.rank_pool(strategy, emb, emb[:3], 10, seed=0) == direct.index.tolist()
+
+
+@pytest.mark.parametrize("strategy", ["random", "k_center", "facility_location", "sift",
+                                      "mean_entropy", "uncertainty_facility_location"])
+def test_rank_pool_prefixes_are_the_smaller_budgets(strategy):
+    emb = _unit_rows(40, 8, 2)
+    scores = _scores(40, 3)
+    full = ev.rank_pool(strategy, emb, emb[:4], 20, seed=5, scores=scores)
+    for b in (1, 4, 10):
+        assert ev.rank_pool(strategy, emb, emb[:4], b, seed=5, scores=scores) == full[:b]
+
+
+def _scores(n: int, seed: int) -> dict[str, np.ndarray]:
+    from sift_ops.uncertainty import UNCERTAINTY_KEYS
+
+    rng = np.random.default_rng(seed)
+    return {k: rng.uniform(0.05, 0.95, n) for k in UNCERTAINTY_KEYS}
+
+
+def test_rank_pool_uncertainty_strategies_use_the_scores():
+    emb = _unit_rows(25, 8, 4)
+    scores = _scores(25, 0)
+    scores["mean_entropy"][7] = np.nan  # no answer to judge: ranked last
+    order = ev.rank_pool("mean_entropy", emb, emb[:2], 25, seed=0, scores=scores)
+    ent = scores["mean_entropy"][order[:-1]]
+    assert order[-1] == 7 and np.all(np.diff(ent) <= 0)  # most uncertain first
+    # margins: LOW margin = uncertain, so the smallest margin comes first
+    order = ev.rank_pool("min_margin", emb, emb[:2], 5, seed=0, scores=scores)
+    assert order == np.argsort(scores["min_margin"], kind="stable")[:5].tolist()
+    order = ev.rank_pool("uncertainty_facility_location", emb, emb[:2], 12, seed=0,
+                         scores=scores)
+    assert len(order) == 12 == len(set(order))
 
 
 def test_uncertainty_strategies_fail_clearly_without_lm_scores():
     emb = np.eye(6, dtype=np.float32)
-    with pytest.raises(ValueError, match="uncertainty scores"):
-        ev.rank_pool("mean_entropy", emb, emb[:2], 3, seed=0)
+    for strategy in ("mean_entropy", "uncertainty_facility_location"):
+        with pytest.raises(ValueError, match="uncertainty scores"):
+            ev.rank_pool(strategy, emb, emb[:2], 3, seed=0)
+
+
+def test_load_pool_pairs_builds_the_rank_prompt(tmp_path):
+    import json
+
+    from sift_ops.generation import prompt_text
+
+    pool = tmp_path / "pool.jsonl"
+    refs = tmp_path / "refs.jsonl"
+    rows = [{"item_id": "a", "instruction": "Summarise.", "input": "Some text."},
+            {"item_id": "b", "instruction": "Say hi.", "input": "  "},
+            {"item_id": "c", "instruction": "Count.", "source": "code"}]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    refs.write_text("".join(json.dumps({"item_id": r["item_id"], "response": "ok"}) + "\n"
+                            for r in rows))
+    pairs = ev.load_pool_pairs(pool, refs)
+    assert [p.prompt for p in pairs] == [prompt_text(r["instruction"], r.get("input"))
+                                         for r in rows]
+    assert pairs[1].prompt == "Say hi." and pairs[2].source == "code"
+    refs.write_text(json.dumps({"item_id": "a", "response": "ok"}) + "\n")
+    with pytest.raises(ValueError, match="no reference response"):
+        ev.load_pool_pairs(pool, refs)
