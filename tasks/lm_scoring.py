@@ -1,10 +1,14 @@
 """Ray Data actor stages over a pool's ``items.parquet``: LM uncertainty and prompt embeddings.
 
-Both stages stream: Ray reads the Parquet in blocks, an actor pool (one actor by default,
-each holding its model once) maps blocks of ``rows_per_call`` rows, and the driver
+Both stages stream: Ray reads the Parquet in blocks of about ``rows_per_call`` rows, an
+actor pool (one actor by default, each holding its model once) maps them, and the driver
 collects small result rows (item id + a few numbers, or + one embedding) as they come,
-so worker memory is bounded by a block, never by the pool.  Workers never open DuckDB;
-the flow writes the returned Arrow tables.  Already-labelled items are skipped.
+so worker memory is bounded by a block, never by the pool.  Ray Data's default block
+target (128 MB) would make one block of a whole Parquet row group (8,192 rows): results,
+and the progress bar, would then arrive once per 8,192 items, after up to hours of LM
+generation on a CPU; the stage sizes blocks from the file's bytes per row instead.
+Workers never open DuckDB; the flow writes the returned Arrow tables.  Already-labelled
+items are skipped.
 
 Resources follow tasks/embed.py and ENVIRONMENT.md: read tasks ask for half a CPU, an
 actor for at most one CPU and at least half, never all of them (on 2 cores two whole-CPU
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sift_ops.generation import SCORE_KEYS, greedy_scores, prompt_text
 
@@ -92,6 +97,15 @@ class PromptEmbedder:
         })
 
 
+def block_bytes(items_parquet: str | Path, rows_per_call: int) -> int:
+    """Ray Data block target (bytes) for blocks of about ``rows_per_call`` rows of the file
+    (uncompressed bytes per row from the Parquet footer; at least 16 KiB)."""
+    md = pq.ParquetFile(items_parquet).metadata
+    total = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    per_row = total / max(1, md.num_rows)
+    return int(max(16 << 10, per_row * max(1, rows_per_call)))
+
+
 def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, Any], *,
                     rows_per_call: int, actors: int = 1, gpus_per_actor: float = 0.0,
                     progress: Callable[[int], None] | None = None,
@@ -113,8 +127,9 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
     if kwargs.get("threads") is None:
         kwargs["threads"] = max(1, int(n_cpus // max(actors, 1)))
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.enable_progress_bars
+    saved = ctx.enable_progress_bars, ctx.target_max_block_size
     ctx.enable_progress_bars = False  # the flow draws its own tqdm bar from the results
+    ctx.target_max_block_size = block_bytes(items_parquet, rows_per_call)
     ds = ray.data.read_parquet(str(items_parquet), num_cpus=0.5).select_columns(_READ_COLS)
     ds = ds.map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=rows_per_call,
@@ -130,7 +145,7 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
             if progress is not None:
                 progress(block.num_rows)
     finally:
-        ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars, ctx.target_max_block_size = saved
     seconds = time.perf_counter() - t0
     table = pa.concat_tables(parts) if parts else None
     n = 0 if table is None else table.num_rows

@@ -225,3 +225,21 @@ def test_real_smollm2_scores_a_handful(ws, tmp_path_factory):
     assert 0 <= ent[0][0] and ent[0][1] < 8
     assert res["selected"] == {"mean_entropy": 3, "min_margin": 3}
     assert res["lm_items_per_s"] > 0
+
+
+def test_lm_stage_streams_results_in_blocks_of_about_rows_per_call(ws, ranked):
+    """With Ray Data's default 128 MB block target the whole pool was one block: results
+    and the progress bar arrived only at the end of LM scoring."""
+    import pyarrow.parquet as pq
+
+    from tasks.lm_scoring import score_pool
+    from tasks.pool import pool_dir
+
+    items = pool_dir(ws.root, "sample") / "items.parquet"
+    n_unlabelled = sum(o is None for o in pq.read_table(items, columns=["output"])
+                       .column("output").to_pylist())
+    calls: list[int] = []
+    table, stats = score_pool(items, ws.lm, max_new_tokens=2, rows_per_call=8,
+                              progress=calls.append)
+    assert table.num_rows == sum(calls) == n_unlabelled > 40
+    assert len(calls) >= 3, calls  # ~60 items: blocks of >= 16 KiB (~20 rows), not one block
