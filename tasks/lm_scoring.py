@@ -33,6 +33,7 @@ from sift_ops.generation import SCORE_KEYS, greedy_scores, prompt_text
 log = logging.getLogger(__name__)
 
 _READ_COLS = ["item_id", "instruction", "input", "output"]
+NO_PROGRESS_TIMEOUT_S = 4 * 3600  # Ray Data's default is 1800 s
 
 
 def _unlabeled_texts(batch: pa.Table) -> tuple[list[str], list[str]]:
@@ -127,9 +128,16 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
     if kwargs.get("threads") is None:
         kwargs["threads"] = max(1, int(n_cpus // max(actors, 1)))
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.enable_progress_bars, ctx.target_max_block_size
+    saved = (ctx.enable_progress_bars, ctx.target_max_block_size,
+             ctx.execution_no_progress_timeout_s)
     ctx.enable_progress_bars = False  # the flow draws its own tqdm bar from the results
     ctx.target_max_block_size = block_bytes(items_parquet, rows_per_call)
+    # Ray's hang detector (1800 s without a finished block) fired on a 2-core machine
+    # when one block held the whole pool; small blocks fix that, and a block of a slow
+    # CPU generation (64 items x a few s) still gets hours before it counts as a hang.
+    if (ctx.execution_no_progress_timeout_s or 0) > 0:  # <= 0: the user turned it off
+        ctx.execution_no_progress_timeout_s = max(NO_PROGRESS_TIMEOUT_S,
+                                                  ctx.execution_no_progress_timeout_s)
     ds = ray.data.read_parquet(str(items_parquet), num_cpus=0.5).select_columns(_READ_COLS)
     ds = ds.map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=rows_per_call,
@@ -145,7 +153,8 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
             if progress is not None:
                 progress(block.num_rows)
     finally:
-        ctx.enable_progress_bars, ctx.target_max_block_size = saved
+        (ctx.enable_progress_bars, ctx.target_max_block_size,
+         ctx.execution_no_progress_timeout_s) = saved
     seconds = time.perf_counter() - t0
     table = pa.concat_tables(parts) if parts else None
     n = 0 if table is None else table.num_rows
