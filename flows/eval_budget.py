@@ -16,6 +16,10 @@ depend on the strategy, so two strategies that choose the same set at a budget g
 same result, which is computed once. At 100 % every strategy has the whole pool: all share
 one 100 % run, "random at 100 %", the reference every strategy is measured against.
 
+A run killed midway resumes when started again with the same parameters (or run id):
+the LM scores and every finished fine-tune are checkpointed in
+``reports/<run_id>/partial/`` and reused; that folder is removed when the run completes.
+
 Output: ``evaluations`` rows (kind 'budget', budget = fraction of the pool, metrics
 'test_loss', 'train_items', 'train_steps' per seed, and 'selected_mean_entropy' when the
 pool was scored; strategy 'base' at budget 0 is the model before fine-tuning), a PNG of
@@ -26,7 +30,9 @@ reaches random-at-100 %'s mean loss.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -119,17 +125,44 @@ def rank(strategy: str, emb: np.ndarray, targets: np.ndarray, n: int, seed: int,
     return ev.rank_pool(strategy, emb, targets, n, seed=seed, lam=lam, scores=scores)
 
 
+def _result_key(seed: int, test: list[str], train: list[str], setup: dict[str, Any]) -> str:
+    """Content key of one fine-tune + test loss: the seed, the test and training item ids
+    (order-free) and everything else that shapes the result (``setup``)."""
+    blob = json.dumps([seed, sorted(test), sorted(train), setup], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _read_results(path: Path | None) -> dict[str, dict[str, Any]]:
+    """Results of earlier attempts from ``path`` (JSON lines with ``key``); a torn last
+    line (the process died mid-write) is ignored."""
+    out: dict[str, dict[str, Any]] = {}
+    if path is None or not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[r["key"]] = r
+    return out
+
+
 @task(name="finetune-on-budgets", persist_result=False, cache_policy=NO_CACHE)
 def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair],
                         plan: dict[int, dict[str, Any]], *, lr: float, epochs: int,
                         batch_size: int, max_prompt_tokens: int, max_response_tokens: int,
-                        threads: int | None) -> list[dict[str, Any]]:
+                        threads: int | None, results_file: Path | None = None
+                        ) -> list[dict[str, Any]]:
     """Run every (seed, strategy, budget) fine-tune + test loss. ``plan[seed]`` holds
     ``test`` (pool indices) and ``sets`` {(strategy, fraction): pool indices}.
 
     Training does not depend on which strategy chose a set (canonical order, seed-only
-    shuffle, weights restored in between), so a set already trained for this seed is not
-    trained again: its row repeats the result (``seconds`` 0, ``same_as`` the first)."""
+    shuffle, weights restored in between), so each result is keyed by its content
+    (:func:`_result_key`) and computed once: a set two strategies both chose, or one a
+    killed earlier attempt of the run already finished (read from and appended to
+    ``results_file``, one JSON line per result), is reused; such rows have ``reused``
+    'same set' or 'earlier attempt' (else None). ``seconds`` is the time of the
+    computation, wherever it happened."""
     import torch
 
     from sift_ops import finetune as ft
@@ -140,6 +173,10 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
     model, tok = load_causal_lm(lm, cache_dir=cache_dir)
     base = ft.snapshot(model)
     pad = tok.pad_token_id
+    setup = {"lm": lm, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+             "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens}
+    results = _read_results(results_file)
+    earlier = set(results)
     enc = {i: ft.encode_pair(tok, pairs[i].prompt, pairs[i].response,
                              max_prompt_tokens=max_prompt_tokens,
                              max_response_tokens=max_response_tokens)
@@ -149,21 +186,22 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
     n_eval = sum((len(p["sets"]) + 1) * len(p["test"]) for p in plan.values())
     bar = tqdm(total=n_train + n_eval, desc="sft + test loss", unit="example",
                file=sys.stderr, dynamic_ncols=True)
+    out = open(results_file, "a", encoding="utf-8") if results_file else None  # noqa: SIM115
     rows: list[dict[str, Any]] = []
     try:
         for seed, p in plan.items():
-            done: dict[tuple[int, ...], dict[str, Any]] = {}
+            test_ids = [pairs[i].item_id for i in p["test"]]
             test = [enc[i] for i in p["test"]]
-            nll, count = ft.pairs_nll(model, test, pad, progress=bar.update)
-            rows.append({"seed": seed, "strategy": "base", "budget": 0.0, "items": 0,
-                         "steps": 0, "test_loss": nll / count, "test_tokens": count,
-                         "seconds": 0.0})
-            for (strategy, frac), items in p["sets"].items():
-                key = tuple(sorted(items))
-                if key in done:
-                    first = done[key]
-                    rows.append({**first, "strategy": strategy, "budget": frac, "seconds": 0.0,
-                                 "same_as": f"{first['strategy']}@{first['budget']:g}"})
+            for (strategy, frac), items in [(("base", 0.0), []), *p["sets"].items()]:
+                key = _result_key(seed, test_ids, [pairs[i].item_id for i in items], setup)
+                row = {"seed": seed, "strategy": strategy, "budget": frac,
+                       "items": len(items)}
+                if key in results:
+                    r = results[key]
+                    rows.append({**row, **{k: r[k] for k in ("steps", "test_loss",
+                                                             "test_tokens", "seconds")},
+                                 "reused": "earlier attempt" if key in earlier
+                                 else "same set"})
                     bar.update(len(items) * epochs + len(test))
                     continue
                 t0 = time.perf_counter()
@@ -178,16 +216,21 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
                     nll, count = ft.pairs_nll(model, test, pad, progress=bar.update)
                 finally:
                     ft.restore(model, base)
-                rows.append({"seed": seed, "strategy": strategy, "budget": frac,
-                             "items": len(items), "steps": len(losses),
-                             "test_loss": nll / count, "test_tokens": count,
-                             "seconds": round(time.perf_counter() - t0, 2)})
-                done[key] = rows[-1]
+                res = {"key": key, "steps": len(losses), "test_loss": nll / count,
+                       "test_tokens": count, "seconds": round(time.perf_counter() - t0, 2)}
+                results[key] = res
+                if out is not None:
+                    out.write(json.dumps(res) + "\n")
+                    out.flush()
+                rows.append({**row, **{k: v for k, v in res.items() if k != "key"},
+                             "reused": None})
                 bar.set_postfix({"seed": seed, strategy: f"{frac:g}:{nll / count:.3f}"})
         if not ft.same_weights(model, base):
             raise RuntimeError("model weights differ from the base after the evaluation")
     finally:
         bar.close()
+        if out is not None:
+            out.close()
     return rows
 
 
@@ -199,6 +242,38 @@ def reach_budget(curves: dict[str, dict[float, list[float]]], reference: float
         hit = [b for b in sorted(by_b) if float(np.mean(by_b[b])) <= reference + 1e-12]
         out[s] = hit[0] if hit else None
     return out
+
+
+def _read_scores(path: Path, item_ids: list[str], scorer: dict[str, Any]
+                 ) -> dict[str, np.ndarray] | None:
+    """Scores of ``item_ids`` (in that order) from an earlier attempt's ``path``, or None
+    unless every item is there, scored with the same ``scorer`` settings."""
+    if not path.is_file():
+        return None
+    by_id: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        by_id[r["item_id"]] = r
+    if any(i not in by_id or by_id[i].get("scorer") != scorer for i in item_ids):
+        return None
+    return {k: np.array([by_id[i][k] for i in item_ids], dtype=np.float64)
+            for k in SCORE_KEYS}
+
+
+def _write_scores(path: Path, pairs: list[ev.PoolPair], scores: dict[str, np.ndarray],
+                  scorer: dict[str, Any]) -> None:
+    """One JSON line per scored item (item_id, source, :data:`SCORE_KEYS`, scorer
+    settings), written to a temp file and renamed (never half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for j, p in enumerate(pairs):
+            fh.write(json.dumps({"item_id": p.item_id, "source": p.source,
+                                 **{k: float(scores[k][j]) for k in SCORE_KEYS},
+                                 "scorer": scorer}) + "\n")
+    tmp.replace(path)
 
 
 def _panels(strategies: list[str]) -> dict[str, list[str]] | None:
@@ -274,6 +349,11 @@ def eval_budget_flow(
     rid = make_run_id("eval-budget", params, run_id)
     dbf = db_path(ws)
     models = str(Path(ws) / "models")
+    out_dir = reports_dir(ws, rid)
+    # checkpoints of an unfinished attempt (a rerun of the run resumes from them); removed
+    # once the run completes, so a later rerun computes everything again
+    partial = out_dir / "partial"
+    partial.mkdir(exist_ok=True)
     t_start = time.perf_counter()
     with tracked_run(dbf, rid, "eval-budget", params) as rec:
         pairs = ev.load_pool_pairs(pool_file, refs_file)
@@ -289,10 +369,20 @@ def eval_budget_flow(
         lm_stats: dict[str, Any] = {}
         if use_lm:
             selectable = sorted({i for sel, _ in splits.values() for i in sel})
-            part, lm_stats = score_uncertainty(
-                lm, models, [pairs[i].prompt for i in selectable],
-                max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
-                threads=threads)
+            scores_file = partial / "pool_uncertainty.jsonl"
+            scorer = {"lm": lm, "max_new_tokens": max_new_tokens,
+                      "gen_batch_size": gen_batch_size}
+            part = _read_scores(scores_file, [pairs[i].item_id for i in selectable], scorer)
+            if part is None:
+                part, lm_stats = score_uncertainty(
+                    lm, models, [pairs[i].prompt for i in selectable],
+                    max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
+                    threads=threads)
+                _write_scores(scores_file, [pairs[i] for i in selectable], part, scorer)
+            else:
+                lm_stats = {"items": len(selectable), "reused": str(scores_file)}
+                logger.info("LM uncertainty of %d pool prompts reused from %s (an earlier "
+                            "attempt of this run)", len(selectable), scores_file)
             for k in SCORE_KEYS:
                 scores[k] = np.full(len(pairs), np.nan)
                 scores[k][selectable] = part[k]
@@ -314,7 +404,8 @@ def eval_budget_flow(
         rows = finetune_on_budgets(lm, models, pairs, plan, lr=lr,
                                    epochs=epochs, batch_size=batch_size,
                                    max_prompt_tokens=max_prompt_tokens,
-                                   max_response_tokens=max_response_tokens, threads=threads)
+                                   max_response_tokens=max_response_tokens, threads=threads,
+                                   results_file=partial / "finetune_results.jsonl")
         # every strategy's 100 % point is the shared random-at-100 % run
         for r in [r for r in rows if r["strategy"] == "random" and r["budget"] == 1.0]:
             rows += [{**r, "strategy": s} for s in strategies if s != "random"]
@@ -348,19 +439,22 @@ def eval_budget_flow(
                 row[f"{b:.0%}"] = f"{m:.4f} +- {sd:.4f}"
             row["reaches random@100%"] = f"{reached[s]:.0%}" if reached[s] else "never"
             table.append(row)
-        seconds = {s: round(sum(r["seconds"] for r in rows if r["strategy"] == s
-                                and not (s != "random" and r["budget"] == 1.0)), 1)
-                   for s in strategies}
+        # fine-tuning seconds per strategy: its own computations (not the sets another
+        # strategy chose first, not the shared 100 % run), in this or an earlier attempt
+        own = [r for r in rows if r["reused"] != "same set"
+               and not (r["strategy"] != "random" and r["budget"] == 1.0)]
+        seconds = {s: round(sum(r["seconds"] for r in own if r["strategy"] == s), 1)
+                   for s in ["base", *strategies]}
         rec.summary = {"table": table, "reference_loss": reference, "base_loss": base_loss,
                        "reached": reached, "finetune_seconds": seconds,
+                       "results_computed": sum(r["reused"] is None for r in rows),
+                       "results_reused": {k: sum(r["reused"] == k for r in rows)
+                                          for k in ("same set", "earlier attempt")},
                        "lm_scoring": lm_stats,
                        "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    out_dir = reports_dir(ws, rid)
     if use_lm:
-        with open(out_dir / "pool_uncertainty.jsonl", "w", encoding="utf-8") as fh:
-            for i in np.flatnonzero(np.isfinite(scores["gen_tokens"])):
-                fh.write(json.dumps({"item_id": pairs[i].item_id, "source": pairs[i].source,
-                                     **{k: float(scores[k][i]) for k in SCORE_KEYS}}) + "\n")
+        (partial / "pool_uncertainty.jsonl").replace(out_dir / "pool_uncertainty.jsonl")
+    shutil.rmtree(partial)
     plot = budget_curves(
         curves, out_dir / "budget_loss.png",
         f"Label efficiency: pool {n_select}, test {n_test}, {len(seeds)} seeds, "

@@ -129,10 +129,11 @@ def test_eval_budget_uncertainty_strategies(ws):
     assert ent[("mean_entropy", 0.5)] >= ent[("random", 0.5)]
     assert ent[("k_center", 1.0)] == pytest.approx(sum(top) / 12)
     assert Path(out["plot"]).stat().st_size > 5_000
-    assert set(out["finetune_seconds"]) == set(strategies)
+    assert set(out["finetune_seconds"]) == {"base", *strategies}
+    assert not (report / "partial").exists()  # checkpoints go once the run completes
 
 
-def test_finetune_on_budgets_trains_a_repeated_set_once(ws):
+def test_finetune_on_budgets_computes_each_set_once_and_resumes(ws, tmp_path):
     from flows.eval_budget import finetune_on_budgets
     from tasks import evaluate as ev
 
@@ -140,11 +141,46 @@ def test_finetune_on_budgets_trains_a_repeated_set_once(ws):
                                Path(ws.sample) / "pool_references.jsonl")
     plan = {0: {"test": [0, 1], "sets": {("a", 0.5): [2, 3, 4], ("b", 0.5): [4, 2, 3],
                                          ("b", 1.0): [2, 3, 4, 5]}}}
-    rows = finetune_on_budgets.fn(ws.lm, str(Path(ws.ws) / "models"), pairs, plan, lr=1e-3,
-                                  epochs=1, batch_size=2, max_prompt_tokens=32,
-                                  max_response_tokens=8, threads=None)
+    kwargs = dict(lr=1e-3, epochs=1, batch_size=2, max_prompt_tokens=32,
+                  max_response_tokens=8, threads=None)
+    results = tmp_path / "results.jsonl"
+    rows = finetune_on_budgets.fn(ws.lm, str(Path(ws.ws) / "models"), pairs, plan,
+                                  results_file=results, **kwargs)
     by = {(r["strategy"], r["budget"]): r for r in rows}
     assert by[("b", 0.5)]["test_loss"] == by[("a", 0.5)]["test_loss"]
-    assert by[("b", 0.5)]["same_as"] == "a@0.5" and by[("b", 0.5)]["seconds"] == 0.0
-    assert "same_as" not in by[("b", 1.0)]
+    assert by[("b", 0.5)]["reused"] == "same set" and by[("a", 0.5)]["reused"] is None
+    assert by[("b", 1.0)]["reused"] is None
     assert by[("b", 1.0)]["test_loss"] != by[("a", 0.5)]["test_loss"]
+    assert by[("base", 0.0)]["steps"] == 0 and by[("b", 1.0)]["steps"] == 2
+    assert len(results.read_text().splitlines()) == 3  # base, {2,3,4}, {2,3,4,5}
+    # a second attempt (as after a kill) reuses every finished result, a torn line is
+    # ignored, and a changed setting is computed afresh
+    with open(results, "a") as fh:
+        fh.write('{"key": "torn')
+    again = finetune_on_budgets.fn(ws.lm, str(Path(ws.ws) / "models"), pairs, plan,
+                                   results_file=results, **kwargs)
+    assert [r["test_loss"] for r in again] == [r["test_loss"] for r in rows]
+    assert [r["reused"] for r in again] == ["earlier attempt"] * 4
+    other = finetune_on_budgets.fn(ws.lm, str(Path(ws.ws) / "models"), pairs, plan,
+                                   results_file=results, **{**kwargs, "lr": 2e-3})
+    assert other[1]["reused"] is None and other[1]["test_loss"] != rows[1]["test_loss"]
+
+
+def test_lm_scores_checkpoint_round_trip(tmp_path):
+    import numpy as np
+
+    from flows.eval_budget import _read_scores, _write_scores
+    from sift_ops.generation import SCORE_KEYS
+    from tasks.evaluate import PoolPair
+
+    pairs = [PoolPair(f"i{j}", "s", "p", "r") for j in range(3)]
+    scores = {k: np.array([0.5, np.nan, 2.0]) for k in SCORE_KEYS}
+    path = tmp_path / "scores.jsonl"
+    scorer = {"lm": None, "max_new_tokens": 8, "gen_batch_size": 4}
+    _write_scores(path, pairs, scores, scorer)
+    back = _read_scores(path, ["i2", "i0"], scorer)
+    assert back is not None and back["mean_entropy"].tolist() == [2.0, 0.5]
+    assert np.isnan(_read_scores(path, ["i1"], scorer)["min_margin"][0])
+    assert _read_scores(path, ["i0", "i9"], scorer) is None  # an item never scored
+    assert _read_scores(path, ["i0"], {**scorer, "max_new_tokens": 16}) is None
+    assert _read_scores(tmp_path / "none.jsonl", ["i0"], scorer) is None
