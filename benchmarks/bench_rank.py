@@ -33,21 +33,22 @@ def emit(**kw) -> None:
 
 
 def bench_lm(args: argparse.Namespace, work: Path) -> None:
+    import pyarrow.parquet as pq
     import torch
 
     from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
     from sift_ops.generation import build_prompts, prompt_text
     from tasks.lm_scoring import score_pool
-    from tasks.pool import read_pool, write_pool_parquet
+    from tasks.pool import ingest_pool_files, pool_dir
     from tasks.sample import build_sample
 
     sample = build_sample(work / "sample", n_docs=40, n_queries=2, pool_size=args.items)
-    pool = read_pool(sample["paths"]["pool"])
-    parquet = write_pool_parquet(pool, work / "ws", "bench")
+    parquet = ingest_pool_files(sample["paths"]["pool"],
+                                pool_dir(work / "ws", "bench")).items_path
     lm_path = resolve_lm_path(args.lm, args.models)
-    texts = [prompt_text(a, b) for a, b in zip(pool.items.column("instruction").to_pylist(),
-                                               pool.items.column("input").to_pylist(),
-                                               strict=True)]
+    items = pq.read_table(parquet, columns=["instruction", "input"])
+    texts = [prompt_text(a, b) for a, b in zip(items.column("instruction").to_pylist(),
+                                               items.column("input").to_pylist(), strict=True)]
 
     from tasks.ray_runtime import ensure_ray
 

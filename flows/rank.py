@@ -28,7 +28,14 @@ from sift_ops.pool_strategies import STRATEGIES, needs_embeddings, needs_lm, ran
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
 from tasks import artifacts, db
 from tasks.lm_scoring import embed_pool, score_pool
-from tasks.pool import Pool, read_pool, read_targets, store_pool, write_pool_parquet
+from tasks.pool import (
+    IngestResult,
+    ingest_pool_files,
+    pool_dir,
+    read_item_columns,
+    read_targets,
+    store_pool,
+)
 from tasks.rank_plots import budget_bars, score_distributions, selection_map
 from tasks.runs import make_run_id, tracked_run
 from tasks.workspace import CorpusPaths, check_name, db_path, reports_dir, workspace_root
@@ -39,21 +46,25 @@ DEFAULT_STRATEGIES = ("random", "mean_entropy", "k_center", "facility_location")
 
 @task(name="ingest-pool", persist_result=False, cache_policy=NO_CACHE)
 def ingest_pool(pool: str, pool_name: str, workspace: str | None, run_id: str,
-                strict: bool) -> tuple[Pool, str]:
+                strict: bool) -> IngestResult:
+    """Stream the pool into ``<workspace>/pools/<pool_name>/items.parquet`` (and
+    quarantine.parquet), then load both into DuckDB from those files: bounded memory
+    whatever the pool's size (see :func:`tasks.pool.ingest_pool_files`)."""
     logger = get_run_logger()
-    p = read_pool(pool, strict=strict)
+    p = ingest_pool_files(pool, pool_dir(workspace, pool_name), strict=strict)
     store_pool(db_path(workspace), run_id, pool_name, p)
-    parquet = write_pool_parquet(p, workspace, pool_name)
-    n_lab = sum(p.labeled)
     logger.info("pool %s: %d rows in %d file(s) -> %d items (%d already labelled), %d exact "
                 "duplicates collapsed, %d rows quarantined", pool_name, p.n_rows, len(p.files),
-                p.items.num_rows, n_lab, p.n_duplicates, len(p.quarantined))
-    for q in p.quarantined[:10]:
+                p.n_items, p.n_labeled, p.n_duplicates, p.n_quarantined)
+    for q in p.examples:
         logger.warning("quarantined %s:%d: %s", q["file"], q["line"], q["reason"])
-    if p.items.num_rows - n_lab == 0:
+    if p.n_quarantined > len(p.examples):
+        logger.warning("... %d more quarantined rows: SELECT * FROM quarantine WHERE run_id = "
+                       "'%s'", p.n_quarantined - len(p.examples), run_id)
+    if p.n_items - p.n_labeled == 0:
         raise ValueError(f"pool {pool!r} has no unlabelled items to rank "
-                         f"({len(p.quarantined)} rows quarantined, {n_lab} labelled)")
-    return p, str(parquet)
+                         f"({p.n_quarantined} rows quarantined, {p.n_labeled} labelled)")
+    return p
 
 
 @task(name="score-uncertainty", persist_result=False, cache_policy=NO_CACHE)
@@ -204,10 +215,12 @@ def rank_flow(
     rid = make_run_id("rank", params, run_id)
     dbf = db_path(workspace)
     with tracked_run(dbf, rid, "rank", params) as rec:
-        p, parquet = ingest_pool(pool, pool_name, workspace, rid, strict)
-        items = p.items
+        p = ingest_pool(pool, pool_name, workspace, rid, strict)
+        parquet = str(p.items_path)
+        # only the small columns: the texts stay on disk for the Ray stages to stream
+        items = read_item_columns(parquet)
         n = items.num_rows
-        labeled = np.array(p.labeled, dtype=bool)
+        labeled = items.column("labeled").to_numpy(zero_copy_only=False).astype(bool)
         unlabeled = ~labeled
         groups = np.asarray(items.column("source").to_pylist(), dtype=object)
         given_cost = items.column("cost").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -301,7 +314,7 @@ def rank_flow(
                                           f"{allocation} allocation", unit))
         rec.summary = {
             "pool_rows": p.n_rows, "items": n, "labeled": int(labeled.sum()),
-            "duplicates": p.n_duplicates, "quarantined": len(p.quarantined),
+            "duplicates": p.n_duplicates, "quarantined": p.n_quarantined,
             "strategies": strategies,
             "selected": {s: int(len(r.index)) for s, (r, _) in results.items()},
             "spent": {s: float(r.spent.sum()) for s, (r, _) in results.items()},

@@ -228,41 +228,68 @@ def finish_run(path: str | Path, run_id: str, status: str, summary: dict | None 
         con.execute("COMMIT")
 
 
+#: DuckDB's memory limit while it loads a Parquet file (:func:`replace_rows`). The load
+#: streams, but by default DuckDB caches up to 80 % of RAM: loading a 1M-item pool
+#: (200 MB of Parquet) peaked at 666 MB RSS without a limit, 356 MB with 256MB.
+LOAD_MEMORY_LIMIT = os.environ.get("SIFT_DB_LOAD_MEMORY_LIMIT", "256MB")
+
 #: Tables whose rows are replaced wholesale: the per-run tables and the pools.
 REPLACEABLE_TABLES = (*RUN_TABLES, "pool_items")
 
 
-def replace_rows(path: str | Path, table: str, rows: pa.Table, where: str,
-                 params: list[Any]) -> int:
+def replace_rows(path: str | Path, table: str, rows: pa.Table | str | Path, where: str,
+                 params: list[Any], *, constants: dict[str, Any] | None = None) -> int:
     """In one transaction, delete the rows of ``table`` matching ``where`` (SQL with ``?``
     placeholders bound to ``params``; written by this package, never by users) and insert
-    ``rows``. Returns the row count. A rerun therefore replaces, never doubles."""
+    ``rows``. Returns the row count. A rerun therefore replaces, never doubles.
+
+    ``rows`` is an Arrow table, or the path of a Parquet file that DuckDB streams from disk
+    (a million-row pool never passes through Python) under :data:`LOAD_MEMORY_LIMIT`.
+    ``constants`` gives columns the rows lack one value for every row (e.g.
+    ``{"pool_name": name}``)."""
     if table not in REPLACEABLE_TABLES:
         raise ValueError(f"unknown run table {table!r}")
+    constants = constants or {}
     with connect(path) as con:
-        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-        missing = [c for c in cols if c not in rows.column_names]
+        schema = con.execute(f"DESCRIBE {table}").fetchall()
+        if isinstance(rows, pa.Table):
+            con.register("new_rows", rows)
+            source, source_params, have = "new_rows", [], rows.column_names
+        else:
+            # global to the DuckDB instance, which connect() opens for this call only
+            con.execute("SET memory_limit = ?", [LOAD_MEMORY_LIMIT])
+            source, source_params = "read_parquet(?)", [str(rows)]
+            have = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)",
+                                              source_params).fetchall()]
+        missing = [c for c, *_ in schema if c not in have and c not in constants]
         if missing:
             raise ValueError(f"rows for {table} lack columns {missing}")
-        con.register("new_rows", rows.select(cols))
+        # column names come from DESCRIBE of our own table, never from the input
+        select = ", ".join(f"CAST(? AS {typ})" if c in constants else f'"{c}"'
+                           for c, typ, *_ in schema)
+        const_params = [constants[c] for c, *_ in schema if c in constants]
         con.execute("BEGIN")
         try:
             con.execute(f"DELETE FROM {table} WHERE {where}", params)
-            con.execute(f"INSERT INTO {table} SELECT * FROM new_rows")
+            n = con.execute(f"INSERT INTO {table} SELECT {select} FROM {source}",
+                            const_params + source_params).fetchone()[0]
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
             raise
         finally:
-            con.unregister("new_rows")
-    return rows.num_rows
+            if isinstance(rows, pa.Table):
+                con.unregister("new_rows")
+    return int(n)
 
 
-def replace_run_rows(path: str | Path, table: str, run_id: str, rows: pa.Table) -> int:
-    """Atomically replace ``run_id``'s rows in ``table`` with ``rows``; returns row count."""
+def replace_run_rows(path: str | Path, table: str, run_id: str, rows: pa.Table | str | Path,
+                     *, constants: dict[str, Any] | None = None) -> int:
+    """Atomically replace ``run_id``'s rows in ``table`` with ``rows`` (an Arrow table or a
+    Parquet path, see :func:`replace_rows`); returns row count."""
     if table not in RUN_TABLES:
         raise ValueError(f"unknown run table {table!r}")
-    return replace_rows(path, table, rows, "run_id = ?", [run_id])
+    return replace_rows(path, table, rows, "run_id = ?", [run_id], constants=constants)
 
 
 def upsert_corpus(path: str | Path, name: str, corpus_path: str, model: str, dim: int,

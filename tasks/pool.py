@@ -13,9 +13,13 @@ and reason; with ``strict`` the first one raises ``ValueError("FILE:LINE: reason
 Exact duplicates (same instruction and input) are collapsed into the first occurrence
 (an output found on any copy is kept) and counted.
 
-Parsing is one pass over the rows (JSON decoding is per line by nature, so that a bad
-line can be named); everything after it works on Arrow/numpy columns.  The validated
-pool is written to ``<workspace>/pools/<pool_name>/items.parquet`` for the Ray stages.
+Ingest streams (:func:`ingest_pool_files`): files are read a line (JSONL, CSV) or a
+record batch (Parquet) at a time, and validated items and quarantined rows are written
+as they come, in batches of :data:`BATCH_ROWS`, to ``<workspace>/pools/<pool_name>/
+items.parquet`` (for the Ray stages and DuckDB) and ``quarantine.parquet``. Memory is one
+batch plus 110-200 bytes of bookkeeping per distinct item (content key, position,
+explicit item_id), never the pool's texts: 1M rows ingest in ~310 MB peak RSS
+(``benchmarks/bench_pool_ingest.py``).
 """
 
 from __future__ import annotations
@@ -23,15 +27,19 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import heapq
 import json
 import logging
 import math
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks import db
@@ -49,12 +57,24 @@ POOL_SCHEMA = pa.schema([
     ("source", pa.string()), ("output", pa.string()), ("cost", pa.float64()),
     ("file", pa.string()), ("line", pa.int64()),
 ])
+QUARANTINE_SCHEMA = pa.schema([
+    ("file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string()),
+])
+
+#: Rows per Parquet row group and per write: with one batch per writer, this bounds the
+#: row data the ingest holds at any time.
+BATCH_ROWS = 8192
+#: Characters of outputs found on later duplicates held in memory before they are spilled
+#: to disk as a position-sorted run (see :class:`_OutputFixes`).
+FIX_BUDGET_CHARS = 32 << 20
+N_EXAMPLES = 10  # quarantined rows kept in memory for logs; all of them go to the file
 
 
 @dataclass
 class Pool:
-    """A validated pool: ``items`` (Arrow, :data:`POOL_SCHEMA`, one row per distinct item)
-    and the quarantined rows as dicts (file, line, reason, raw)."""
+    """A validated pool held in memory (:func:`read_pool`, for tests and small pools):
+    ``items`` (Arrow, :data:`POOL_SCHEMA`, one row per distinct item) and the quarantined
+    rows as dicts (file, line, reason, raw).  Flows use :func:`ingest_pool_files`."""
 
     items: pa.Table
     quarantined: list[dict[str, Any]] = field(default_factory=list)
@@ -67,10 +87,19 @@ class Pool:
         return [o is not None for o in self.items.column("output").to_pylist()]
 
 
+def _content_key(instruction: str, input_text: str) -> int:
+    """The first 64 bits of the content's sha256, as an int (a compact dict key)."""
+    blob = json.dumps([instruction, input_text], ensure_ascii=False).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
+
+
+def _key_id(key: int) -> str:
+    return f"h{key:016x}"  # the same 16 hex digits as the digest's first 8 bytes
+
+
 def content_id(instruction: str, input_text: str) -> str:
     """Stable item id from the content: the same text always gets the same id."""
-    blob = json.dumps([instruction, input_text], ensure_ascii=False).encode("utf-8")
-    return "h" + hashlib.sha256(blob).hexdigest()[:16]
+    return _key_id(_content_key(instruction, input_text))
 
 
 def discover_pool_files(pool: str | Path) -> list[Path]:
@@ -199,96 +228,333 @@ def _iter_parquet(path: Path):
     if "instruction" not in names:
         raise ValueError(f"{path}: Parquet file has no 'instruction' column (got {names})")
     row = 0
-    for batch in pf.iter_batches(batch_size=65536):
-        for obj in batch.to_pylist():
+    for batch in _iter_batches(pf, BATCH_ROWS):
+        rows = batch.to_pylist()
+        del batch
+        for obj in rows:
             row += 1
             yield row, None, obj
 
 
-def read_pool(pool: str | Path, *, strict: bool = False) -> Pool:
-    """Read and validate every pool file (see the module docstring).
+def _iter_batches(pf: pq.ParquetFile, batch_rows: int,
+                  columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most ``batch_rows`` rows, in file order, in bounded memory.
 
-    Line numbers are 1-based physical lines for JSONL, the record's first line for CSV
-    (the header is line 1) and the 1-based row number for Parquet.
+    One reader per row group, one thread, and Arrow's freed buffers handed back after each
+    batch: a single ``iter_batches`` over a whole 940k-row file grew RSS by ~230 MB
+    (measured; its reader keeps memory per row group read), this stays flat (~15 MB)."""
+    for i in range(pf.num_row_groups):
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[i], columns=columns,
+                                     use_threads=False):
+            yield batch
+            del batch
+            _release_arrow_memory()
+
+
+@dataclass
+class IngestResult:
+    """What :func:`ingest_pool_files` wrote and counted. It holds no row data, so it is
+    cheap to return from a task whatever the pool's size."""
+
+    items_path: Path  # POOL_SCHEMA, one row per distinct item, in first-seen order
+    quarantine_path: Path  # QUARANTINE_SCHEMA, one row per quarantined row
+    files: list[str]
+    n_rows: int = 0  # rows read (blank JSONL lines are not rows)
+    n_items: int = 0
+    n_labeled: int = 0
+    n_duplicates: int = 0
+    n_quarantined: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)  # first quarantined rows
+
+
+def _release_arrow_memory() -> None:
+    """Hand Arrow's freed buffers back to the OS: its allocator (mimalloc by default) keeps
+    them otherwise, and RSS would creep up batch after batch."""
+    pa.default_memory_pool().release_unused()
+
+
+class _BatchWriter:
+    """Rows (dicts with the schema's keys) appended one by one, written to ``path`` as
+    Parquet row groups of ``batch_rows``.  ``rows`` is the unwritten tail: rows
+    ``written`` .. ``written + len(rows) - 1``, still editable."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int) -> None:
+        self.schema, self.batch_rows = schema, batch_rows
+        self.rows: list[dict[str, Any]] = []
+        self.written = 0
+        self.writer = pq.ParquetWriter(path, schema)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_batch(pa.RecordBatch.from_pylist(self.rows, schema=self.schema))
+            self.written += len(self.rows)
+            self.rows = []
+            _release_arrow_memory()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+class _OutputFixes:
+    """Outputs found on a later exact duplicate, to be written into the first copy's row
+    (``position`` = that row's index in items.parquet) in a second streaming pass.
+
+    Positions arrive in any order (the duplicate can come much later than its first copy),
+    so this is an external sort: fixes are held in a dict until their text exceeds
+    ``budget_chars``, then written as one position-sorted Parquet run; :meth:`merged`
+    merges the runs and the rest in position order.  Each position is fixed at most once
+    (only the first output found is kept), so positions are unique across runs.
     """
-    files = discover_pool_files(pool)
-    cols: dict[str, list] = {k: [] for k in POOL_SCHEMA.names}
-    quarantined: list[dict[str, Any]] = []
-    by_content: dict[str, int] = {}
-    by_id: dict[str, str] = {}
-    n_rows = n_dupes = 0
+
+    def __init__(self, folder: Path, budget_chars: int) -> None:
+        self.folder, self.budget_chars = folder, budget_chars
+        self.pending: dict[int, str] = {}
+        self.chars = 0
+        self.runs: list[Path] = []
+        self.count = 0
+
+    def add(self, position: int, output: str) -> None:
+        self.pending[position] = output
+        self.chars += len(output)
+        self.count += 1
+        if self.chars > self.budget_chars:
+            self._spill()
+
+    def _spill(self) -> None:
+        order = sorted(self.pending)
+        path = self.folder / f"fixes-{len(self.runs):05d}.parquet"
+        pq.write_table(pa.table({"position": pa.array(order, pa.int64()),
+                                 "output": pa.array([self.pending[p] for p in order],
+                                                    pa.string())}),
+                       path, row_group_size=BATCH_ROWS)
+        self.runs.append(path)
+        self.pending.clear()
+        self.chars = 0
+
+    @staticmethod
+    def _read_run(path: Path) -> Iterator[tuple[int, str]]:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
+                           strict=True)
+
+    def merged(self) -> Iterator[tuple[int, str]]:
+        """Every fix as (position, output), by increasing position."""
+        rest = sorted(self.pending.items())
+        return heapq.merge(*(self._read_run(p) for p in self.runs), rest)
+
+
+def _apply_fixes(src: Path, dst: Path, fixes: _OutputFixes) -> None:
+    """Copy items ``src`` to ``dst`` one row group (one write batch) at a time, setting
+    the fixed outputs."""
+    pf = pq.ParquetFile(src)
+    out_idx = POOL_SCHEMA.get_field_index("output")
+    todo = fixes.merged()
+    nxt = next(todo, None)
+    start = 0
+    with pq.ParquetWriter(dst, POOL_SCHEMA) as writer:
+        for i in range(pf.num_row_groups):
+            # one row group, one thread: iter_batches reads ahead and, with Arrow's
+            # allocator keeping what it freed, grew RSS by ~150 MB on a 300k-item pool
+            part = pf.read_row_group(i, use_threads=False)
+            end = start + part.num_rows
+            if nxt is not None and nxt[0] < end:
+                outputs = part.column(out_idx).to_pylist()
+                while nxt is not None and nxt[0] < end:
+                    outputs[nxt[0] - start] = nxt[1]
+                    nxt = next(todo, None)
+                part = part.set_column(out_idx, "output", pa.array(outputs, pa.string()))
+            writer.write_table(part)
+            start = end
+            del part
+            _release_arrow_memory()
+    if nxt is not None:  # a position past the last item: a bug, never a silent loss
+        raise RuntimeError(f"output fix for item {nxt[0]} beyond the {start} items written")
+
+
+class _Seen:
+    """What the ingest remembers of the distinct items so far, and nothing else: per item
+    its 64-bit content key -> position, one "has an output" byte and one "id is its content
+    hash" byte; plus explicit item_ids -> content key.  About 110 bytes per item, plus
+    ~90 per item with an explicit id (measured with tracemalloc at 1M items).
+
+    Content-hash ids are not stored as strings: ``h<16 hex>`` is taken by key K exactly
+    when K's item has no explicit id, which :meth:`taken_by_other` reads off the two
+    structures.
+    """
+
+    def __init__(self) -> None:
+        self.by_content: dict[int, int] = {}
+        self.by_id: dict[str, int] = {}  # explicit item_id -> content key of its item
+        self.has_output = bytearray()
+        self.hash_id = bytearray()
+
+    def taken_by_other(self, item_id: str, key: int, explicit: bool) -> bool:
+        """Whether an item of other content than ``key`` already holds ``item_id``
+        (``explicit``: the row gave it; else it is ``key``'s own hash id)."""
+        owner = self.by_id.get(item_id)
+        if owner is not None:
+            return owner != key
+        if not explicit or len(item_id) != 17 or item_id[0] != "h":
+            return False  # a row's own hash id can only be held by its own content
+        try:
+            owner = int(item_id[1:], 16)
+        except ValueError:
+            return False
+        pos = self.by_content.get(owner)
+        # int() also takes upper case, "0x" and "_": only the exact spelling is the id
+        return (owner != key and pos is not None and bool(self.hash_id[pos])
+                and _key_id(owner) == item_id)
+
+    def add(self, key: int, explicit_id: str | None, has_output: bool) -> int:
+        """Register a new item; returns its position."""
+        pos = len(self.has_output)
+        self.by_content[key] = pos
+        if explicit_id is not None:
+            self.by_id[explicit_id] = key
+        self.has_output.append(has_output)
+        self.hash_id.append(explicit_id is None)
+        return pos
+
+
+def _validate_stream(files: list[Path], items: _BatchWriter, quarantine: _BatchWriter,
+                     fixes: _OutputFixes, res: IngestResult, strict: bool) -> None:
+    """The one pass over every row: validate, quarantine, deduplicate, write items.
+    Row texts live only in the current write batch; across rows only :class:`_Seen`."""
+    seen = _Seen()
     for path in files:
         kind = FORMATS[path.suffix.lower()]
         rows = {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
+        fname = str(path)
         for line, raw, obj in rows:
-            n_rows += 1
+            res.n_rows += 1
             try:
                 if isinstance(obj, BadRow):
                     raise obj
                 rec = validate_row(obj)
-                key = content_id(rec["instruction"], rec["input"])
-                item_id = rec["item_id"] or key
-                if item_id in by_id and by_id[item_id] != key:
+                key = _content_key(rec["instruction"], rec["input"])
+                item_id = rec["item_id"] or _key_id(key)
+                if seen.taken_by_other(item_id, key, rec["item_id"] is not None):
                     raise BadRow(f"item_id {item_id!r} already used for different content")
             except BadRow as err:
                 if strict:
                     raise ValueError(f"{path}:{line}: {err}") from None
                 if raw is None:
                     raw = json.dumps(obj, default=str, ensure_ascii=False)
-                quarantined.append({"file": str(path), "line": int(line), "reason": str(err),
-                                    "raw": raw[:RAW_MAX_CHARS]})
+                q = {"file": fname, "line": int(line), "reason": str(err),
+                     "raw": raw[:RAW_MAX_CHARS]}
+                quarantine.append(q)
+                res.n_quarantined += 1
+                if len(res.examples) < N_EXAMPLES:
+                    res.examples.append(q)
                 continue
-            if key in by_content:  # exact duplicate: keep the first, keep any label
-                n_dupes += 1
-                i = by_content[key]
-                if cols["output"][i] is None and rec["output"] is not None:
-                    cols["output"][i] = rec["output"]
+            pos = seen.by_content.get(key)
+            if pos is not None:  # exact duplicate: keep the first, keep any label
+                res.n_duplicates += 1
+                if rec["output"] is not None and not seen.has_output[pos]:
+                    seen.has_output[pos] = 1
+                    if pos >= items.written:  # first copy not written yet: fix it in place
+                        items.rows[pos - items.written]["output"] = rec["output"]
+                    else:
+                        fixes.add(pos, rec["output"])
                 continue
-            by_content[key] = len(cols["item_id"])
-            by_id[item_id] = key
+            seen.add(key, rec["item_id"], rec["output"] is not None)
             rec["item_id"] = item_id
-            rec["file"], rec["line"] = str(path), int(line)
-            for k in POOL_SCHEMA.names:
-                cols[k].append(rec[k])
-    items = pa.table(cols, schema=POOL_SCHEMA)
-    return Pool(items=items, quarantined=quarantined, n_rows=n_rows, n_duplicates=n_dupes,
-                files=[str(f) for f in files])
+            rec["file"], rec["line"] = fname, int(line)
+            items.append(rec)
+    res.n_items = len(seen.has_output)
+    res.n_labeled = seen.has_output.count(1)
+
+
+def ingest_pool_files(pool: str | Path, folder: str | Path, *, strict: bool = False,
+                      batch_rows: int = BATCH_ROWS,
+                      fix_budget_chars: int = FIX_BUDGET_CHARS) -> IngestResult:
+    """Stream, validate and deduplicate every pool file (see the module docstring) into
+    ``folder/items.parquet`` (:data:`POOL_SCHEMA`, one row per distinct item in first-seen
+    order) and ``folder/quarantine.parquet`` (:data:`QUARANTINE_SCHEMA`).
+
+    Both files are written under temporary names and moved into place only when the whole
+    ingest succeeded; with ``strict`` the first bad row raises ``ValueError("FILE:LINE:
+    reason")`` and leaves the previous files as they were.
+
+    Line numbers are 1-based physical lines for JSONL, the record's first line for CSV
+    (the header is line 1) and the 1-based row number for Parquet.
+
+    Memory: one batch of ``batch_rows`` rows per writer and :class:`_Seen` (about 110
+    bytes per distinct item, ~200 with an explicit item_id); outputs found on later
+    duplicates beyond ``fix_budget_chars`` characters spill to disk.
+    """
+    files = discover_pool_files(pool)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    res = IngestResult(items_path=folder / "items.parquet",
+                       quarantine_path=folder / "quarantine.parquet",
+                       files=[str(f) for f in files])
+    # scratch on the same filesystem, so the final moves are atomic renames
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".ingest-") as scratch:
+        tmp = Path(scratch)
+        fixes = _OutputFixes(tmp, fix_budget_chars)
+        items = _BatchWriter(tmp / "items.parquet", POOL_SCHEMA, batch_rows)
+        quarantine = _BatchWriter(tmp / "quarantine.parquet", QUARANTINE_SCHEMA, batch_rows)
+        try:
+            _validate_stream(files, items, quarantine, fixes, res, strict)
+        finally:
+            items.close()
+            quarantine.close()
+        final = tmp / "items.parquet"
+        if fixes.count:  # outputs seen on later duplicates: a second pass over the items
+            final = tmp / "items-fixed.parquet"
+            _apply_fixes(tmp / "items.parquet", final, fixes)
+        os.replace(tmp / "quarantine.parquet", res.quarantine_path)
+        os.replace(final, res.items_path)
+    return res
+
+
+def read_pool(pool: str | Path, *, strict: bool = False, **kwargs: Any) -> Pool:
+    """The whole validated pool in memory, for tests and small pools: the streaming
+    :func:`ingest_pool_files` into a temporary folder, read back. ``kwargs`` go to it."""
+    with tempfile.TemporaryDirectory(prefix="sift-pool-") as folder:
+        res = ingest_pool_files(pool, folder, strict=strict, **kwargs)
+        items = pq.read_table(res.items_path)
+        quarantined = pq.read_table(res.quarantine_path).to_pylist()
+    return Pool(items=items, quarantined=quarantined, n_rows=res.n_rows,
+                n_duplicates=res.n_duplicates, files=res.files)
+
+
+def read_item_columns(items_path: str | Path, batch_rows: int = BATCH_ROWS) -> pa.Table:
+    """What the rank flow needs of items.parquet, without the texts: ``item_id``,
+    ``source``, ``cost`` and ``labeled`` (bool: output is not null), one row per item in
+    file order.  The output column is read a batch at a time and reduced to its null flag."""
+    pf = pq.ParquetFile(items_path)
+    parts = []
+    for batch in _iter_batches(pf, batch_rows, ["item_id", "source", "cost", "output"]):
+        parts.append(pa.table({"item_id": batch.column("item_id"),
+                               "source": batch.column("source"),
+                               "cost": batch.column("cost"),
+                               "labeled": pc.is_valid(batch.column("output"))}))
+    if not parts:
+        return pa.table({"item_id": pa.array([], pa.string()), "source": pa.array([], pa.string()),
+                         "cost": pa.array([], pa.float64()), "labeled": pa.array([], pa.bool_())})
+    return pa.concat_tables(parts)
 
 
 def pool_dir(workspace: str | Path | None, pool_name: str) -> Path:
     return workspace_root(workspace) / "pools" / check_name(pool_name, "pool name")
 
 
-def write_pool_parquet(pool: Pool, workspace: str | Path | None, pool_name: str) -> Path:
-    """The validated items as Parquet (read by the Ray stages); written atomically."""
-    folder = pool_dir(workspace, pool_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "items.parquet"
-    tmp = folder / ".items.parquet.tmp"
-    pq.write_table(pool.items, tmp, row_group_size=8192)
-    os.replace(tmp, target)
-    return target
-
-
-def store_pool(dbf: str | Path, run_id: str, pool_name: str, pool: Pool) -> None:
+def store_pool(dbf: str | Path, run_id: str, pool_name: str, res: IngestResult) -> None:
     """Replace ``pool_name``'s rows in ``pool_items`` and this run's ``quarantine`` rows,
-    in one transaction each (a rerun never duplicates)."""
-    t = pool.items
-    rows = pa.table({
-        "pool_name": pa.array([pool_name] * t.num_rows, pa.string()),
-        **{k: t.column(k) for k in ("item_id", "instruction", "input", "source", "output",
-                                    "cost", "file", "line")},
-    })
-    db.replace_rows(dbf, "pool_items", rows, "pool_name = ?", [pool_name])
-    q = pool.quarantined
-    db.replace_run_rows(dbf, "quarantine", run_id, pa.table({
-        "run_id": pa.array([run_id] * len(q), pa.string()),
-        "pool_name": pa.array([pool_name] * len(q), pa.string()),
-        "file": pa.array([r["file"] for r in q], pa.string()),
-        "line": pa.array([r["line"] for r in q], pa.int64()),
-        "reason": pa.array([r["reason"] for r in q], pa.string()),
-        "raw": pa.array([r["raw"] for r in q], pa.string()),
-    }))
+    in one transaction each (a rerun never duplicates).  DuckDB reads both from the
+    Parquet files written by :func:`ingest_pool_files`; no row passes through Python."""
+    db.replace_rows(dbf, "pool_items", res.items_path, "pool_name = ?", [pool_name],
+                    constants={"pool_name": pool_name})
+    db.replace_run_rows(dbf, "quarantine", run_id, res.quarantine_path,
+                        constants={"run_id": run_id, "pool_name": pool_name})
 
 
 def read_targets(path: str | Path) -> list[str]:

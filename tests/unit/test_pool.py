@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import db
-from tasks.pool import content_id, read_pool, read_targets, store_pool
+from tasks.pool import content_id, ingest_pool_files, read_pool, read_targets, store_pool
 
 
 def _lines() -> list[bytes]:
@@ -113,9 +113,9 @@ def test_csv_and_parquet(tmp_path):
 
 def test_store_pool_replaces_rows_on_rerun(jsonl, tmp_path):
     dbf = tmp_path / "c.duckdb"
-    pool = read_pool(jsonl)
+    res = ingest_pool_files(jsonl, tmp_path / "pools" / "demo")
     for _ in range(2):
-        store_pool(dbf, "run-1", "demo", pool)
+        store_pool(dbf, "run-1", "demo", res)
     assert db.query(dbf, "SELECT count(*) FROM pool_items WHERE pool_name='demo'") == [(4,)]
     assert db.query(dbf, "SELECT count(*) FROM quarantine WHERE run_id='run-1'") == [(8,)]
     assert db.query(dbf, "SELECT count(*) FROM pool_items WHERE output IS NOT NULL") == [(1,)]
