@@ -452,9 +452,6 @@ def eval_budget_flow(
                                           for k in ("same set", "earlier attempt")},
                        "lm_scoring": lm_stats,
                        "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    if use_lm:
-        (partial / "pool_uncertainty.jsonl").replace(out_dir / "pool_uncertainty.jsonl")
-    shutil.rmtree(partial)
     plot = budget_curves(
         curves, out_dir / "budget_loss.png",
         f"Label efficiency: pool {n_select}, test {n_test}, {len(seeds)} seeds, "
@@ -462,9 +459,15 @@ def eval_budget_flow(
         reference=reference, base=base_loss, panels=_panels(strategies))
     logger.info("eval-budget %s: reference %.4f, base %.4f, reached %s; plot %s", rid,
                 reference, base_loss, reached, plot)
-    lm_line = (f"LM uncertainty of {lm_stats['items']} selection-pool prompts (greedy "
-               f"answers of at most {max_new_tokens} tokens) in {lm_stats['seconds']} s, "
-               f"{lm_stats['items_per_s']:.2f} items/s.\n\n" if lm_stats else "")
+    if "seconds" in lm_stats:
+        lm_line = (f"LM uncertainty of {lm_stats['items']} selection-pool prompts (greedy "
+                   f"answers of at most {max_new_tokens} tokens) in {lm_stats['seconds']} "
+                   f"s, {lm_stats['items_per_s']:.2f} items/s.\n\n")
+    elif lm_stats:  # resumed: the scores came from an earlier attempt's checkpoint
+        lm_line = (f"LM uncertainty of {lm_stats['items']} selection-pool prompts reused "
+                   "from an earlier attempt of this run.\n\n")
+    else:
+        lm_line = ""
     artifacts.markdown(
         "eval-budget",
         f"# Label efficiency `{rid}`\n\nSelection pool {n_select} items, test {n_test} "
@@ -477,4 +480,8 @@ def eval_budget_flow(
         f"metric = 'test_loss' GROUP BY ALL ORDER BY strategy, budget;\n```",
         description=f"eval-budget run {rid}",
     )
+    # the checkpoints go last: a failure anywhere above leaves them for a rerun to resume
+    if use_lm:
+        (partial / "pool_uncertainty.jsonl").replace(out_dir / "pool_uncertainty.jsonl")
+    shutil.rmtree(partial)
     return {"run_id": rid, "plot": str(plot), **rec.summary}

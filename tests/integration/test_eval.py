@@ -132,6 +132,20 @@ def test_eval_budget_uncertainty_strategies(ws):
     assert set(out["finetune_seconds"]) == {"base", *strategies}
     assert not (report / "partial").exists()  # checkpoints go once the run completes
 
+    # a rerun that finds an earlier attempt's LM scores reuses them and still completes
+    # (this once failed at the very end, in the artifact's text)
+    (report / "partial").mkdir()
+    (report / "partial" / "pool_uncertainty.jsonl").write_text(
+        (report / "pool_uncertainty.jsonl").read_text())
+    again = eval_budget_flow(workspace=ws.ws, sample=ws.sample, n_select=12, n_test=4,
+                             budgets=[0.25, 0.5], strategies=strategies, seeds=[3],
+                             lm=ws.lm, lr=1e-3, batch_size=4, max_prompt_tokens=48,
+                             max_response_tokens=16, max_new_tokens=6, gen_batch_size=4)
+    assert again["run_id"] == out["run_id"]
+    assert "reused" in again["lm_scoring"] and "seconds" not in again["lm_scoring"]
+    assert _rows(ws.ws, out["run_id"]) == rows
+    assert not (report / "partial").exists()
+
 
 def test_finetune_on_budgets_computes_each_set_once_and_resumes(ws, tmp_path):
     from flows.eval_budget import finetune_on_budgets
