@@ -9,7 +9,8 @@ the original weights are restored before the next (prompt, strategy). The base m
 without fine-tuning is scored too.
 
 Output: ``evaluations`` rows (kind 'ttt', budget = n chunks, metric 'bpb' per seed = mean
-over that seed's documents, plus 'bpb_minus_base' and 'distinct_chunks'), per-document
+over that seed's documents, plus 'bpb_minus_base', 'distinct_chunks', 'posterior_variance'
+and, when nn ran, 'overlap_nn': the share of a strategy's chunks nn picked too), per-document
 detail in ``reports/<run_id>/ttt_documents.jsonl``, a PNG, and a Markdown artifact.
 """
 
@@ -58,7 +59,8 @@ def held_out_documents(pile_dir: str, n_docs: int, seeds: list[int], split: str,
 @task(name="select-for-prompts", persist_result=False, cache_policy=NO_CACHE)
 def select_chunks(workspace: str, name: str, prompts: list[str], strategies: list[str],
                   k: int, n: int, lam: float, seed: int) -> dict[str, Any]:
-    """Per strategy: chunk texts ``[B][n]`` in pick order, and mean distinct picks."""
+    """Per strategy: chunk texts ``[B][n]`` in pick order, each prompt's final posterior
+    variance and, when nn ran too, the share of its distinct picks that nn also picked."""
     from sift_ops.embedding import TextEncoder
     from tasks.corpus import CorpusReader
     from tasks.select import select_for_queries
@@ -68,11 +70,16 @@ def select_chunks(workspace: str, name: str, prompts: list[str], strategies: lis
     manifest = paths.load_manifest()
     emb = TextEncoder(manifest["model"], max_tokens=manifest["max_tokens"]).encode(prompts)
     out: dict[str, Any] = {}
+    picks: dict[str, np.ndarray] = {}
     for strategy in strategies:
         res = select_for_queries(reader, paths, emb, k=k, n=n, lam=lam, strategy=strategy,
                                  seed=seed)
+        picks[strategy] = res["picks"]
         out[strategy] = {"texts": ev.fetch_texts(reader, res["picks"]),
                          "final_variance": res["variances"][:, -1].tolist()}
+    if "nn" in picks:
+        for strategy, p in picks.items():
+            out[strategy]["overlap_nn"] = ev.pick_overlap(p, picks["nn"]).tolist()
     return out
 
 
@@ -104,8 +111,10 @@ def finetune_and_score(lm: str | None, cache_dir: str, docs_by_seed: dict[int, l
                     r["seed"] = seed
                     r["seconds"] = round(time.perf_counter() - t0, 2)
                     if r["strategy"] != "base":
-                        r["final_variance"] = selections[seed][r["strategy"]][
-                            "final_variance"][i]
+                        sel = selections[seed][r["strategy"]]
+                        r["final_variance"] = sel["final_variance"][i]
+                        if "overlap_nn" in sel:
+                            r["overlap_nn"] = sel["overlap_nn"][i]
                 rows += doc_rows
                 bar.update(1)
                 bar.set_postfix({r["strategy"]: f"{r['bpb']:.3f}" for r in doc_rows})
@@ -143,6 +152,11 @@ def summarize(rows: list[dict[str, Any]], n: int) -> tuple[list[dict], dict[str,
                 records.append({"strategy": s, "budget": budget, "seed": seed,
                                 "metric": "posterior_variance",
                                 "value": float(np.mean([r["final_variance"] for r in mine]))})
+                if s != "nn" and all("overlap_nn" in r for r in mine):
+                    records.append({"strategy": s, "budget": budget, "seed": seed,
+                                    "metric": "overlap_nn",
+                                    "value": float(np.nanmean([r["overlap_nn"]
+                                                               for r in mine]))})
             for src in sorted({r["source"] for r in mine}):
                 records.append({"strategy": s, "budget": budget, "seed": seed,
                                 "metric": f"bpb[{src}]",
@@ -220,8 +234,11 @@ def eval_ttt_flow(
             m, sd = ev.mean_std(vals)
             d_m, d_sd = ev.mean_std([r["value"] for r in records if r["strategy"] == s
                                      and r["metric"] == "bpb_minus_base"])
+            overlap = [r["value"] for r in records if r["strategy"] == s
+                       and r["metric"] == "overlap_nn"]
             table.append({"strategy": s, "bpb_mean": m, "bpb_std": sd,
                           "minus_base_mean": d_m, "minus_base_std": d_sd,
+                          "overlap_nn": float(np.mean(overlap)) if overlap else None,
                           "seeds": len(vals)})
         rec.summary = {"table": table, "documents": len({r["doc"] for r in rows}),
                        "select_seconds": round(select_s, 1),

@@ -43,6 +43,8 @@ def md_table(rows: list[dict[str, Any]], floatfmt: str = ".4g") -> str:
     cols = list(rows[0])
 
     def fmt(v: Any) -> str:
+        if v is None:  # a metric that does not apply to this row
+            return ""
         return format(v, floatfmt) if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -165,6 +165,23 @@ def fetch_texts(reader: Any, picks: np.ndarray) -> list[list[str]]:
     return [[by_id[d] for d in row if d >= 0] for row in picks.tolist()]
 
 
+def pick_overlap(picks: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per prompt, the share of ``picks``' distinct chunks that ``reference`` also picked.
+
+    ``picks``, ``reference``: doc_ids ``[B, n]`` (-1 = none). Returns ``[B]`` floats in
+    [0, 1]; NaN for a prompt with no picks. SIFT against NN tells how different the two
+    fine-tuning sets really are (a small difference cannot show in bits per byte).
+    """
+    if picks.shape[0] != reference.shape[0]:
+        raise ValueError(f"{picks.shape[0]} prompts vs {reference.shape[0]} in the reference")
+    out = np.full(picks.shape[0], np.nan)
+    for i, (row, ref) in enumerate(zip(picks.tolist(), reference.tolist(), strict=True)):
+        mine = {d for d in row if d >= 0}
+        if mine:
+            out[i] = len(mine & {d for d in ref if d >= 0}) / len(mine)
+    return out
+
+
 def ttt_rows_for_doc(model: torch.nn.Module, tokenizer: Any, base: dict[str, torch.Tensor],
                      doc: HeldOutDoc, selected: dict[str, list[str]], *, lr: float,
                      max_train_tokens: int, max_prompt_tokens: int | None = None

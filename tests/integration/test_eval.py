@@ -59,6 +59,9 @@ def test_eval_ttt_smoke(ws):
     distinct = {(s, seed): v for s, _b, seed, m, v in rows if m == "distinct_chunks"}
     assert all(1 <= v <= 3 for v in distinct.values())
     assert all(v == 3 for (s, _), v in distinct.items() if s == "nn")  # NN never repeats
+    overlap = {(s, seed): v for s, _b, seed, m, v in rows if m == "overlap_nn"}
+    assert set(overlap) == {(s, seed) for s in ("sift", "random") for seed in (0, 1)}
+    assert all(0 <= v <= 1 for v in overlap.values())
     report = Path(ws.ws) / "reports" / out["run_id"]
     docs = [json.loads(x) for x in (report / "ttt_documents.jsonl").read_text().splitlines()]
     assert len(docs) == 2 * 2 * 4  # seeds x documents x (base + 3 strategies)

@@ -30,6 +30,17 @@ def test_choose_docs_dev_and_test_are_disjoint_and_balanced():
         ev.choose_docs(cands, 6, 0, "train")
 
 
+def test_pick_overlap_counts_distinct_shared_chunks():
+    picks = np.array([[1, 2, 2, 3], [7, 8, 9, -1], [-1, -1, -1, -1]])
+    nn = np.array([[3, 4, 5, 6], [9, 8, 7, 6], [1, 2, 3, 4]])
+    got = ev.pick_overlap(picks, nn)
+    assert got[0] == pytest.approx(1 / 3)  # {1, 2, 3} vs nn: only 3 shared; the repeat once
+    assert got[1] == 1.0 and np.isnan(got[2])  # order does not matter; no picks -> NaN
+    assert ev.pick_overlap(nn, nn).tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="prompts"):
+        ev.pick_overlap(picks, nn[:2])
+
+
 def test_budget_sizes():
     assert ev.budget_sizes(120, [0.05, 0.1, 0.25, 0.5, 1.0]) == [6, 12, 30, 60, 120]
     assert ev.budget_sizes(10, [0.01, 1.0]) == [1, 10]
