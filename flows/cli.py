@@ -110,29 +110,87 @@ def embed(
 @app.command()
 def index(
     name: Annotated[str, typer.Option(help="Corpus name")],
-    factory: Annotated[str, typer.Option(help="faiss index_factory string, inner product "
-                                         "(e.g. Flat, IVF256,Flat, IVF1024,PQ32, HNSW32)")]
-    = "Flat",
-    train_size: Annotated[int, typer.Option(help="Vectors sampled to train IVF/PQ once")]
-    = 50_000,
-    rebuild: Annotated[bool, typer.Option(help="Drop existing shard indices first")] = False,
+    factory: Annotated[str, typer.Option(
+        help="auto: exact Flat up to 65,536 vectors, else IVF with ~sqrt(n) lists and "
+        "8-bit PQ codes (d/8 bytes per vector) and an exact re-rank; or any faiss "
+        "index_factory string, inner product (e.g. Flat, IVF4096,PQ48x8, HNSW32)")]
+    = "auto",
+    memory_budget: Annotated[str, typer.Option(
+        help="RAM one partition may take at search time (e.g. 4GB, 512MB): the index "
+        "is split into as many partitions as needed, one Ray actor each")] = "4GB",
+    target_recall: Annotated[float, typer.Option(
+        help="recall@K against exact search (K = --recall-k) that the recorded nprobe "
+        "and re-rank factor must reach on held-out corpus vectors")] = 0.95,
+    recall_k: Annotated[int, typer.Option(help="K of the recall target (select's --k)")]
+    = 200,
+    train_size: Annotated[int | None, typer.Option(
+        help="Vectors sampled uniformly across all shards to train IVF/PQ once (default: "
+        "64 per IVF list, at most 2**20)")] = None,
+    block_vectors: Annotated[int, typer.Option(
+        help="Vectors per block: one Ray task turns that many rows of embedding shards "
+        "into one block of the index and the vector store")] = 1 << 18,
+    store_dtype: Annotated[str, typer.Option(
+        help="Vector store precision for the exact re-rank: auto (float32 with a Flat "
+        "index, float16 otherwise), float16 or float32")] = "auto",
+    rebuild: Annotated[bool, typer.Option(
+        help="Drop the existing index and train anew (default: add shards embedded since "
+        "the last build to the trained index, keeping finished blocks)")] = False,
     ray_address: RayAddress = None,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
-    """Build one faiss index per embedding shard (GPU faiss when available)."""
+    """Build or extend the corpus index: one trained faiss model in partitions, recall
+    measured against exact search (GPU faiss when available)."""
     ws = _setup(workspace)
     from flows.index import index_flow
 
-    _show(index_flow(name=name, workspace=ws, factory=factory, train_size=train_size,
-                     rebuild=rebuild, ray_address=ray_address, run_id=run_id))
+    _show(index_flow(name=name, workspace=ws, factory=factory, memory_budget=memory_budget,
+                     target_recall=target_recall, recall_k=recall_k, train_size=train_size,
+                     block_vectors=block_vectors, store_dtype=store_dtype, rebuild=rebuild,
+                     ray_address=ray_address, run_id=run_id))
+
+
+@app.command("import-embeddings")
+def import_embeddings(
+    name: Annotated[str, typer.Option(help="Corpus name to register (folder under "
+                                      "<workspace>/corpora)")],
+    from_: Annotated[str, typer.Option("--from", help="Parquet input: a file, a folder "
+                                       "(searched recursively) or a glob")],
+    id_column: Annotated[str, typer.Option(help="int64 id column; becomes doc_id")]
+    = "doc_id",
+    embedding_column: Annotated[str, typer.Option(help="list or fixed-size list of floats")]
+    = "embedding",
+    text_column: Annotated[str | None, typer.Option(help="Optional text column (texts of "
+                                                    "the picks are fetched from it)")]
+    = "text",
+    source_column: Annotated[str | None, typer.Option(help="Optional source column")]
+    = "source",
+    model: Annotated[str | None, typer.Option(
+        help="Encoder folder that made these vectors, so `select --queries` can embed "
+        "text prompts; without it use `select --query-embeddings`")] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per written shard")] = 100_000,
+    run_id: RunId = None,
+    workspace: Workspace = None,
+) -> None:
+    """Register a corpus from embeddings you already have (Parquet), for index and select."""
+    ws = _setup(workspace)
+    from flows.import_embeddings import import_embeddings_flow
+
+    _show(import_embeddings_flow(name=name, source=from_, workspace=ws, id_column=id_column,
+                                 embedding_column=embedding_column, text_column=text_column,
+                                 source_column=source_column, model=model,
+                                 shard_rows=shard_rows, run_id=run_id))
 
 
 @app.command()
 def select(
     name: Annotated[str, typer.Option(help="Corpus name")],
-    queries: Annotated[str, typer.Option(help="Prompts: JSONL with text (+query_id) or a "
-                                         "text file, one prompt per line")],
+    queries: Annotated[str | None, typer.Option(help="Prompts: JSONL with text (+query_id) "
+                                                "or a text file, one prompt per line")]
+    = None,
+    query_embeddings: Annotated[str | None, typer.Option(
+        help="Prompts already embedded instead of --queries: .npy [B, d] (query ids 0..B-1) "
+        "or Parquet with query_id and embedding; no encoder is loaded")] = None,
     k: Annotated[int, typer.Option(help="Candidates retrieved per prompt")] = 200,
     n: Annotated[int, typer.Option(help="Chunks selected per prompt")] = 50,
     lam: Annotated[float, typer.Option(help="SIFT regulariser lambda > 0 (larger allows "
@@ -142,7 +200,14 @@ def select(
     min_gain: Annotated[float | None, typer.Option(help="Stop a prompt's selection when the "
                                                    "variance reduction falls below this")]
     = None,
-    nprobe: Annotated[int | None, typer.Option(help="IVF cells probed per search")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per query (default: "
+                                               "the one measured at build time)")] = None,
+    rerank_factor: Annotated[int | None, typer.Option(
+        help="Approximate candidates per exact one: K x this are re-ranked exactly from the "
+        "vector store (default: measured at build time)")] = None,
+    block: Annotated[int, typer.Option(help="Prompts per search block (memory is bounded "
+                                       "by the block)")] = 256,
+    ray_address: RayAddress = None,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
@@ -150,9 +215,10 @@ def select(
     ws = _setup(workspace)
     from flows.select import select_flow
 
-    _show(select_flow(name=name, queries=queries, workspace=ws, k=k, n=n, lam=lam,
-                      strategy=strategy, seed=seed, min_gain=min_gain, nprobe=nprobe,
-                      run_id=run_id))
+    _show(select_flow(name=name, queries=queries, query_embeddings=query_embeddings,
+                      workspace=ws, k=k, n=n, lam=lam, strategy=strategy, seed=seed,
+                      min_gain=min_gain, nprobe=nprobe, rerank_factor=rerank_factor,
+                      block=block, ray_address=ray_address, run_id=run_id))
 
 
 @app.command()

@@ -33,7 +33,7 @@ def curation_run_flow(
     batch_size: int | None = None,
     targets: str | None = None,
     lm: str | None = None,
-    factory: str = "Flat",
+    factory: str = "auto",
     shard_docs: int = 2000,
     ray_address: str | None = None,
     workspace: str | None = None,

@@ -62,21 +62,21 @@ def select_chunks(workspace: str, name: str, prompts: list[str], strategies: lis
     """Per strategy: chunk texts ``[B][n]`` in pick order, each prompt's final posterior
     variance and, when nn ran too, the share of its distinct picks that nn also picked."""
     from sift_ops.embedding import TextEncoder
-    from tasks.corpus import CorpusReader
+    from tasks.search_service import SearchService
     from tasks.select import select_for_queries
 
-    reader = CorpusReader(workspace, name)
     paths = CorpusPaths(workspace, name)
     manifest = paths.load_manifest()
     emb = TextEncoder(manifest["model"], max_tokens=manifest["max_tokens"]).encode(prompts)
     out: dict[str, Any] = {}
     picks: dict[str, np.ndarray] = {}
-    for strategy in strategies:
-        res = select_for_queries(reader, paths, emb, k=k, n=n, lam=lam, strategy=strategy,
-                                 seed=seed)
-        picks[strategy] = res["picks"]
-        out[strategy] = {"texts": ev.fetch_texts(reader, res["picks"]),
-                         "final_variance": res["variances"][:, -1].tolist()}
+    with SearchService(paths) as service:
+        for strategy in strategies:
+            res = select_for_queries(service, emb, k=k, n=n, lam=lam, strategy=strategy,
+                                     seed=seed)
+            picks[strategy] = res["picks"]
+            out[strategy] = {"texts": ev.fetch_texts(service, res["rows"]),
+                             "final_variance": res["variances"][:, -1].tolist()}
     if "nn" in picks:
         for strategy, p in picks.items():
             out[strategy]["overlap_nn"] = ev.pick_overlap(p, picks["nn"]).tolist()

@@ -2,44 +2,100 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from tasks import artifacts, db
-from tasks.corpus import CorpusReader
 from tasks.plots import variance_curves
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.runs import make_run_id, tracked_run
-from tasks.select import STRATEGIES, load_queries, select_for_queries, selection_rows
+from tasks.search_service import SearchService
+from tasks.select import check_selection_args, iter_query_blocks, select_block, selection_rows
 from tasks.workspace import CorpusPaths, db_path, reports_dir
-
-
-@task(name="embed-queries", persist_result=False, cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def embed_queries(texts: list[str], model: str, max_tokens: int) -> np.ndarray:
-    from sift_ops.embedding import TextEncoder
-
-    return TextEncoder(model, max_tokens=max_tokens).encode(texts)
 
 
 @task(name="retrieve-and-select", persist_result=False, cache_policy=NO_CACHE,
       **TRANSIENT_RETRIES)
-def retrieve_and_select(workspace: str | None, name: str, query_emb: np.ndarray, k: int,
-                        n: int, lam: float, strategy: str, seed: int,
-                        min_gain: float | None, nprobe: int | None) -> dict:
-    reader = CorpusReader(workspace, name)
-    bar = tqdm(total=len(query_emb), desc=f"select {strategy}", unit="prompt",
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        return select_for_queries(reader, CorpusPaths(workspace, name), query_emb, k=k, n=n,
-                                  lam=lam, strategy=strategy, seed=seed, min_gain=min_gain,
-                                  nprobe=nprobe, progress=bar.update)
-    finally:
-        bar.close()
+def retrieve_and_select(workspace: str | None, name: str, rows_dir: str, run_id: str,
+                        queries: str | None, query_embeddings: str | None, k: int, n: int,
+                        lam: float, strategy: str, seed: int, min_gain: float | None,
+                        nprobe: int | None, rerank_factor: int | None, block: int,
+                        ray_address: str | None) -> dict:
+    """Stream the prompts through the search service in blocks; each block's rows go to
+    ``rows_dir/part-NNNNN.parquet`` (so memory is bounded by the block)."""
+    import torch
+
+    logger = get_run_logger()
+    paths = CorpusPaths(workspace, name)
+    manifest = paths.load_manifest()
+    out = Path(rows_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    if query_embeddings:
+        from tasks.query_embeddings import count_query_embeddings, iter_query_embeddings
+
+        meta_dim = int(manifest["dim"])
+        total = count_query_embeddings(query_embeddings)
+        blocks = iter_query_embeddings(query_embeddings, meta_dim, block=block)
+    else:
+        encoder = _encoder(manifest)
+        total = None
+        blocks = ((q.ids, encoder.encode(q.texts)) for q in iter_query_blocks(queries, block))
+    stats = {"prompts": 0, "rows": 0, "prior": 0.0, "final": 0.0, "distinct": 0.0,
+             "similarity": 0.0, "n_similarity": 0, "picks": 0}
+    bar = tqdm(total=total, desc=f"select {strategy}", unit="prompt", file=sys.stderr,
+               dynamic_ncols=True)
+    with SearchService(paths, nprobe=nprobe, rerank_factor=rerank_factor,
+                       ray_address=ray_address) as service:
+        logger.info("search service for %s: %s", name, service.settings())
+        for i, (ids, emb) in enumerate(blocks):
+            res = select_block(service, emb, k=k, n=n, lam=lam, strategy=strategy,
+                               generator=gen, min_gain=min_gain)
+            rows = selection_rows(run_id, strategy, ids, res)
+            pq.write_table(rows, out / f"part-{i:05d}.parquet")
+            picks = res["picks"]
+            stats["prompts"] += len(ids)
+            stats["rows"] += rows.num_rows
+            stats["prior"] += float(res["prior"].sum())
+            stats["final"] += float(res["variances"][:, -1].sum())
+            stats["distinct"] += float(sum(len(set(r[r >= 0].tolist())) for r in picks))
+            sim = res["similarity"][np.isfinite(res["similarity"])]
+            stats["similarity"] += float(sim.sum())
+            stats["n_similarity"] += int(sim.size)
+            stats["picks"] += int((picks >= 0).sum())
+            bar.update(len(ids))
+        settings = service.settings()
+    bar.close()
+    p = max(stats["prompts"], 1)
+    return {"prompts": stats["prompts"], "rows": stats["rows"],
+            "mean_prior_variance": stats["prior"] / p,
+            "mean_final_variance": stats["final"] / p,
+            "mean_distinct_picks": stats["distinct"] / p,
+            "mean_picks": stats["picks"] / p,
+            "mean_similarity": stats["similarity"] / max(stats["n_similarity"], 1),
+            **{f"search_{k}": v for k, v in settings.items()}}
+
+
+def _encoder(manifest: dict):
+    from sift_ops.embedding import TextEncoder
+
+    model = manifest.get("model")
+    if not model or model == "external" or (manifest.get("origin") == "import"
+                                            and not Path(str(model)).is_dir()):
+        raise ValueError(
+            f"corpus {manifest.get('name')!r} was imported without an encoder (model "
+            f"{model!r}): pass prompts already embedded with --query-embeddings, or import "
+            "with --model pointing at the encoder folder"
+        )
+    return TextEncoder(model, max_tokens=manifest.get("max_tokens"))
 
 
 def comparable_curves(dbf, name: str, queries: str, k: int, n: int, lam: float) -> dict:
@@ -66,7 +122,7 @@ def comparable_curves(dbf, name: str, queries: str, k: int, n: int, lam: float) 
 @flow(name="select", log_prints=True)
 def select_flow(
     name: str,
-    queries: str,
+    queries: str | None = None,
     workspace: str | None = None,
     k: int = 200,
     n: int = 50,
@@ -75,42 +131,53 @@ def select_flow(
     seed: int = 0,
     min_gain: float | None = None,
     nprobe: int | None = None,
+    rerank_factor: int | None = None,
+    query_embeddings: str | None = None,
+    block: int = 256,
+    ray_address: str | None = None,
     run_id: str | None = None,
 ) -> dict:
-    """For each prompt in ``queries``, retrieve ``k`` candidate chunks from corpus ``name``
-    and choose ``n`` with ``strategy``; write them to ``test_time_selections``."""
+    """For each prompt in ``queries`` (or each vector in ``query_embeddings``), retrieve
+    ``k`` exact candidates from corpus ``name``'s index and choose ``n`` with ``strategy``;
+    write them to ``test_time_selections``. ``nprobe``/``rerank_factor`` override the
+    settings measured when the index was built."""
     logger = get_run_logger()
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if lam <= 0:
-        raise ValueError(f"lam must be > 0 (got {lam})")
-    queries = str(Path(queries).expanduser().resolve())
-    params = {"name": name, "queries": queries, "k": k, "n": n, "lam": lam,
-              "strategy": strategy, "seed": seed, "min_gain": min_gain, "nprobe": nprobe}
+    check_selection_args(strategy, k, n, lam)
+    if (queries is None) == (query_embeddings is None):
+        raise ValueError("give exactly one of queries (a prompt file) and query_embeddings "
+                         "(.npy or Parquet of prompt vectors)")
+    if block < 1:
+        raise ValueError(f"block must be positive (got {block})")
+    source = str(Path(queries or query_embeddings).expanduser().resolve())
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"{'queries' if queries else 'query embeddings'} file "
+                                f"{source} does not exist")
+    params = {"name": name, "queries": source, "k": k, "n": n, "lam": lam,
+              "strategy": strategy, "seed": seed, "min_gain": min_gain, "nprobe": nprobe,
+              "rerank_factor": rerank_factor}
+    if query_embeddings:
+        params["query_embeddings"] = True
     rid = make_run_id("select", params, run_id)
     dbf = db_path(workspace)
     manifest = CorpusPaths(workspace, name).load_manifest()
+    rows_dir = reports_dir(workspace, rid) / "rows"
     with tracked_run(dbf, rid, "select", params) as rec:
-        q = load_queries(queries)
-        logger.info("%d prompts from %s; corpus %s has %s chunks", len(q.ids), queries, name,
+        logger.info("prompts from %s; corpus %s has %s chunks", source, name,
                     manifest.get("n_chunks"))
-        emb = embed_queries(q.texts, manifest["model"], manifest["max_tokens"])
-        result = retrieve_and_select(workspace, name, emb, k, n, lam, strategy, seed,
-                                     min_gain, nprobe)
-        rows = selection_rows(rid, strategy, q.ids, result)
-        db.replace_run_rows(dbf, "test_time_selections", rid, rows)
-        final = result["variances"][:, -1]
-        picks = result["picks"]
-        distinct = np.mean([len(set(r[r >= 0].tolist())) for r in picks])
-        rec.summary = {
-            "prompts": len(q.ids), "rows": rows.num_rows,
-            "mean_prior_variance": float(result["prior"].mean()),
-            "mean_final_variance": float(final.mean()),
-            "mean_distinct_picks": float(distinct),
-            "mean_similarity": float(np.nanmean(result["similarity"])),
-        }
-    summary = rec.summary
-    curves = comparable_curves(dbf, name, queries, k, n, lam)
+        summary = retrieve_and_select(workspace, name, str(rows_dir), rid, queries,
+                                      query_embeddings, k, n, lam, strategy, seed, min_gain,
+                                      nprobe, rerank_factor, block, ray_address)
+        if summary["rows"]:
+            db.replace_run_rows(dbf, "test_time_selections", rid,
+                                str(rows_dir / "*.parquet"))
+        else:
+            db.replace_run_rows(dbf, "test_time_selections", rid,
+                                selection_rows(rid, strategy, [], {"picks": np.zeros(
+                                    (0, n), np.int64), "variances": np.zeros((0, n)),
+                                    "similarity": np.zeros((0, n))}))
+        shutil.rmtree(rows_dir, ignore_errors=True)
+        rec.summary = summary
+    curves = comparable_curves(dbf, name, source, k, n, lam)
     plot = variance_curves(curves, reports_dir(workspace, rid) / "posterior_variance.png",
                            f"{name}: K={k}, N={n}, lam={lam}")
     logger.info("%s: mean posterior variance %.4f -> %.4f after %d picks; plot %s", strategy,
@@ -119,7 +186,7 @@ def select_flow(
     artifacts.markdown(
         f"select-{name}-{strategy}",
         f"# Test-time selection `{rid}`\n\n"
-        f"Corpus `{name}`, prompts `{queries}`, strategy **{strategy}**, K={k}, N={n}, "
+        f"Corpus `{name}`, prompts `{source}`, strategy **{strategy}**, K={k}, N={n}, "
         f"lam={lam}.\n\n" + artifacts.md_table([summary]) + "\n\n"
         "Mean posterior variance after N picks, latest run of each strategy on the same "
         "inputs:\n\n" + artifacts.md_table([others]) + f"\n\nPlot: `{plot}`\n\n"

@@ -157,12 +157,12 @@ def choose_docs(candidates: Sequence[HeldOutDoc], n_docs: int, seed: int, split:
 # --------------------------------------------------------------------------- TTT loop
 
 
-def fetch_texts(reader: Any, picks: np.ndarray) -> list[list[str]]:
-    """Chunk texts for ``picks [B, n]`` doc_ids (-1 = none), in pick order, per prompt."""
-    flat = picks[picks >= 0]
-    texts = reader.fetch(flat, columns=("text",))["text"] if flat.size else np.array([])
-    by_id = dict(zip(flat.tolist(), texts.tolist(), strict=True))
-    return [[by_id[d] for d in row if d >= 0] for row in picks.tolist()]
+def fetch_texts(service: Any, rows: np.ndarray) -> list[list[str]]:
+    """Chunk texts for ``rows [B, n]`` (vector-store rows of the picks, -1 = none), in
+    pick order, per prompt; only the picks' row groups are read."""
+    texts = service.texts(rows)["text"]
+    return [[t for r, t in zip(rr, tt, strict=True) if r >= 0]
+            for rr, tt in zip(rows.tolist(), texts.tolist(), strict=True)]
 
 
 def pick_overlap(picks: np.ndarray, reference: np.ndarray) -> np.ndarray:

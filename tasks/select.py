@@ -1,12 +1,15 @@
-"""Test-time selection: embed prompts, retrieve K candidates from the sharded index, pick N.
+"""Test-time selection: retrieve K exact candidates per prompt from the partitioned index,
+pick N with SIFT, nearest neighbours or random.
 
 All strategies report the prompt's posterior variance after every pick (same formula), so
-SIFT, nearest neighbours and random are comparable row by row in DuckDB.
+SIFT, nearest neighbours and random are comparable row by row in DuckDB. Prompts stream
+through in blocks: memory is bounded by the block, not by the prompt file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +18,8 @@ import pyarrow as pa
 import torch
 
 from sift_ops import sift as sift_ops
-from sift_ops.index import search_shards
-from tasks.corpus import CorpusReader
-from tasks.index import iter_shard_indices, load_index_meta
 from tasks.prompt_files import iter_prompt_lines
+from tasks.search_service import SearchService
 
 log = logging.getLogger(__name__)
 
@@ -31,90 +32,106 @@ class Queries:
     texts: list[str]
 
 
-def load_queries(path: str | Path) -> Queries:
-    """Prompts from JSONL (``text``/``prompt``/``query`` + optional ``query_id``/``id``) or a
-    plain text file (one prompt per line). Errors name the file and line."""
+def iter_query_blocks(path: str | Path, block: int = 256) -> Iterator[Queries]:
+    """Prompts from JSONL (``text``/``prompt``/``query`` + optional ``query_id``/``id``) or
+    a plain text file (one prompt per line), ``block`` at a time. Errors name the file and
+    line; a query_id seen twice is refused."""
     path = Path(path)
+    seen: dict[str, int] = {}
     ids: list[str] = []
     texts: list[str] = []
     for lineno, text, obj in iter_prompt_lines(path, "queries file"):
-        ids.append(str((obj or {}).get("query_id", (obj or {}).get("id", f"q{lineno:06d}"))))
+        qid = str((obj or {}).get("query_id", (obj or {}).get("id", f"q{lineno:06d}")))
+        if qid in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate query_id {qid!r} (first on line "
+                             f"{seen[qid]})")
+        seen[qid] = lineno
+        ids.append(qid)
         texts.append(text)
-    dupes = {q for q in ids if ids.count(q) > 1} if len(ids) < 50_000 else set()
-    if dupes:
-        raise ValueError(f"{path}: duplicate query_id values {sorted(dupes)[:5]}")
+        if len(ids) >= block:
+            yield Queries(ids, texts)
+            ids, texts = [], []
+    if ids:
+        yield Queries(ids, texts)
+
+
+def load_queries(path: str | Path) -> Queries:
+    """All prompts of a (small) prompt file at once."""
+    ids: list[str] = []
+    texts: list[str] = []
+    for q in iter_query_blocks(path, block=1 << 30):
+        ids += q.ids
+        texts += q.texts
     return Queries(ids, texts)
 
 
-def retrieve(paths, query_emb: np.ndarray, k: int, nprobe: int | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, doc_ids) ``[B, k]`` over every shard of the corpus index."""
-    meta = load_index_meta(paths)
-    if query_emb.shape[1] != meta["dim"]:
-        raise ValueError(
-            f"query embedding dimension {query_emb.shape[1]} != index dimension {meta['dim']}"
-        )
-    return search_shards(iter_shard_indices(paths, meta), query_emb, k, nprobe=nprobe)
-
-
-def select_for_queries(
-    reader: CorpusReader, paths, query_emb: np.ndarray, *, k: int, n: int, lam: float,
-    strategy: str, seed: int = 0, min_gain: float | None = None, nprobe: int | None = None,
-    block: int = 256, progress=None,
-) -> dict[str, np.ndarray]:
-    """Run retrieval + selection for ``query_emb [B, d]`` in blocks of ``block`` prompts.
-
-    Returns arrays ``picks [B, n]`` (doc_id, -1 where none), ``variances [B, n]``,
-    ``similarity [B, n]`` (inner product of the pick with the prompt), ``prior [B]``.
-    """
+def check_selection_args(strategy: str, k: int, n: int, lam: float) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be positive (got k={k}, n={n})")
-    k_eff = min(k, reader.n_chunks)
-    if k_eff < k:
-        log.warning("corpus has only %d chunks; retrieving K=%d instead of %d",
-                    reader.n_chunks, k_eff, k)
+    if not lam > 0:
+        raise ValueError(f"lam must be > 0 (got {lam})")
+
+
+def select_block(service: SearchService, query_emb: np.ndarray, *, k: int, n: int,
+                 lam: float, strategy: str, generator: torch.Generator | None = None,
+                 min_gain: float | None = None) -> dict[str, np.ndarray]:
+    """Retrieve + select for one block of prompts ``query_emb [b, d]``.
+
+    Returns ``picks [b, n]`` (doc_id, -1 where none), ``rows [b, n]`` (vector-store rows,
+    for fetching texts), ``variances [b, n]``, ``similarity [b, n]`` (exact inner product
+    of the pick with the prompt), ``prior [b]``.
+    """
+    check_selection_args(strategy, k, n, lam)
+    k_eff = min(k, service.n_vectors)
+    hits = service.search(query_emb, k_eff)
+    valid = hits.rows >= 0
     select = {"sift": sift_ops.sift_select, "nn": sift_ops.nn_select,
               "random": sift_ops.random_select}[strategy]
+    kwargs = {"min_gain": min_gain, "valid": torch.from_numpy(valid)}
+    if strategy == "random":
+        kwargs["generator"] = generator or torch.Generator().manual_seed(0)
+    sel = select(torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32)),
+                 torch.from_numpy(hits.vectors), n, lam, **kwargs)
+    idx = sel.indices.numpy()
+    has = idx >= 0
+    at = np.arange(len(idx))[:, None]
+    safe = np.where(has, idx, 0)
+    return {
+        "picks": np.where(has, hits.doc_ids[at, safe], -1),
+        "rows": np.where(has, hits.rows[at, safe], -1),
+        "similarity": np.where(has, hits.scores[at, safe], np.nan).astype(np.float64),
+        "variances": sel.variances.double().numpy(),
+        "prior": sel.prior_variance.double().numpy(),
+    }
+
+
+def select_for_queries(service: SearchService, query_emb: np.ndarray, *, k: int, n: int,
+                       lam: float, strategy: str, seed: int = 0,
+                       min_gain: float | None = None, block: int = 256,
+                       progress=None) -> dict[str, np.ndarray]:
+    """:func:`select_block` over ``query_emb [B, d]`` in blocks of ``block`` prompts;
+    the arrays of all blocks concatenated."""
+    check_selection_args(strategy, k, n, lam)
+    if k > service.n_vectors:
+        log.warning("corpus has only %d vectors; retrieving K=%d instead of %d",
+                    service.n_vectors, service.n_vectors, k)
     gen = torch.Generator().manual_seed(seed)
-    B = len(query_emb)
-    picks = np.full((B, n), -1, dtype=np.int64)
-    variances = np.zeros((B, n), dtype=np.float64)
-    similarity = np.full((B, n), np.nan, dtype=np.float64)
-    prior = np.zeros(B, dtype=np.float64)
-    # one pass over the index shards for all prompts ([B, K] ids are small), then
-    # candidate embeddings are fetched and selected block by block ([block, K, d] floats)
-    all_scores, all_ids = retrieve(paths, query_emb, k_eff, nprobe)
-    for start in range(0, B, block):
-        q = query_emb[start : start + block]
-        scores, ids = all_scores[start : start + block], all_ids[start : start + block]
-        valid = ids >= 0
-        # padding slots point at the first hit so fetch() stays in range; never picked
-        safe_ids = np.where(valid, ids, ids[:, :1])
-        cand = reader.fetch(safe_ids)["embedding"]
-        kwargs = {"min_gain": min_gain, "valid": torch.from_numpy(valid)}
-        if strategy == "random":
-            kwargs["generator"] = gen
-        sel = select(torch.from_numpy(q), torch.from_numpy(cand), n, lam, **kwargs)
-        idx = sel.indices.numpy()
-        has = idx >= 0
-        rows = np.arange(len(q))[:, None]
-        safe_idx = np.where(has, idx, 0)
-        picks[start : start + len(q)] = np.where(has, safe_ids[rows, safe_idx], -1)
-        similarity[start : start + len(q)] = np.where(has, scores[rows, safe_idx], np.nan)
-        variances[start : start + len(q)] = sel.variances.double().numpy()
-        prior[start : start + len(q)] = sel.prior_variance.double().numpy()
+    parts = []
+    for start in range(0, len(query_emb), block):
+        parts.append(select_block(service, query_emb[start : start + block], k=k, n=n,
+                                  lam=lam, strategy=strategy, generator=gen,
+                                  min_gain=min_gain))
         if progress is not None:
-            progress(len(q))
-    return {"picks": picks, "variances": variances, "similarity": similarity, "prior": prior}
+            progress(len(parts[-1]["prior"]))
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def selection_rows(run_id: str, strategy: str, query_ids: list[str],
                    result: dict[str, np.ndarray]) -> pa.Table:
     """Long-format rows for ``test_time_selections`` (one per pick; rank is 1-based)."""
     picks = result["picks"]
-    B, n = picks.shape
     has = picks >= 0
     q_idx, rank = np.nonzero(has)
     return pa.table({

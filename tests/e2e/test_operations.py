@@ -54,10 +54,12 @@ def _rows(ws: Path, name: str):
 
 def test_embed_runs_on_a_ray_cluster_started_with_ray_start(tmp_path, pile):
     port = free_port()
-    address = f"127.0.0.1:{port}"
+    # 127.0.0.2: Ray replaces 127.0.0.1 by the machine's network address; another
+    # loopback address keeps every connection on this machine's loopback device
+    address = f"127.0.0.2:{port}"
     env = _env(tmp_path / "ws")
     head = _start([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                   "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                   "--node-ip-address=127.0.0.2", "--include-dashboard=false",
                    "--disable-usage-stats"], env, tmp_path / "ray-head.log")
     try:
         deadline = time.monotonic() + 180

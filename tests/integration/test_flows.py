@@ -138,23 +138,35 @@ def test_changing_shard_size_on_resume_is_refused(tiny, embedded):
         embed_flow(corpus=tiny.pile, name="tiny", workspace=tiny.ws, shard_docs=17)
 
 
-def test_index_maps_ids_back_and_searches_all_shards(tiny, embedded):
+def test_index_maps_rows_back_to_doc_ids_and_finds_every_shard(tiny, embedded):
     from flows.index import index_flow
-    from tasks.select import retrieve
+    from tasks.search_service import SearchService
 
     result = index_flow(name="tiny", workspace=tiny.ws)
     assert result["n_vectors"] == embedded["chunks_total"]
-    non_empty = [p for p in tiny.paths.shard_files() if pq.read_metadata(p).num_rows]
-    assert result["shards_total"] == len(non_empty)
-    # a vector from every shard finds itself first
+    # the sample is small: exact Flat, one partition, float32 store, recall 1
+    assert result["factory"] == "Flat" and result["kind"] == "flat"
+    assert result["partitions_total"] == 1 and result["store_dtype"] == "float32"
+    assert result["recall"] == pytest.approx(1.0)
+    meta = json.loads(tiny.paths.index_meta.read_text())
+    assert meta["recall"]["curve"] and Path(result["recall_plot"]).stat().st_size > 1000
+    # index files no longer mirror embedding shards
+    assert not list(tiny.paths.index.glob("shard-*.faiss"))
+    # a vector from every shard finds itself first, with its doc_id and exact score 1
     rows = [pq.read_table(p).slice(0, 1) for p in tiny.paths.shard_files()]
     rows = [r for r in rows if r.num_rows]
     q = np.stack([r["embedding"].to_numpy(zero_copy_only=False)[0] for r in rows])
-    scores, ids = retrieve(tiny.paths, q.astype(np.float32), k=5)
-    assert ids[:, 0].tolist() == [r["doc_id"][0].as_py() for r in rows]
-    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # sorted best first
+    with SearchService(tiny.paths) as svc:
+        hits = svc.search(q.astype(np.float32), 5)
+        texts = svc.texts(hits.rows[:, :1])["text"][:, 0]
+    assert hits.doc_ids[:, 0].tolist() == [r["doc_id"][0].as_py() for r in rows]
+    assert texts.tolist() == [r["text"][0].as_py() for r in rows]
+    np.testing.assert_allclose(hits.scores[:, 0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(hits.vectors[:, 0], q, atol=1e-6)
+    assert np.all(np.diff(hits.scores, axis=1) <= 1e-6)  # sorted best first
     again = index_flow(name="tiny", workspace=tiny.ws)
-    assert again["shards_built"] == 0
+    assert again["blocks_built"] == 0 and again["partitions_built"] == 0
+    assert again["n_vectors"] == result["n_vectors"]
 
 
 def test_select_sift_and_nn_write_comparable_rows(tiny, embedded):
@@ -204,21 +216,82 @@ def test_select_rejects_unknown_strategy_and_bad_queries(tiny, embedded, tmp_pat
     assert db.query(db_path(tiny.ws), "SELECT count(*) FROM runs WHERE status = 'failed'")[0][0]
 
 
-def test_ivf_index_is_trained_once_and_searchable(tiny, embedded):
+def test_ivf_pq_index_in_partitions_with_exact_rerank(tiny, embedded):
+    """A trained IVF-PQ index in several partitions, one Ray actor each: the candidates'
+    similarities are exact inner products with the stored vectors."""
     from flows.index import index_flow
     from flows.select import select_flow
+    from tasks.search_service import SearchService
 
-    result = index_flow(name="tiny", workspace=tiny.ws, factory="IVF4,Flat", train_size=500)
-    assert result["shards_built"] == result["shards_total"] and result["train_seconds"] > 0
-    assert tiny.paths.trained.is_file()
+    result = index_flow(name="tiny", workspace=tiny.ws, factory="IVF4,PQ8x4", train_size=256,
+                        memory_budget="1KB", block_vectors=40, target_recall=0.9,
+                        recall_k=20)
+    assert result["kind"] == "ivf" and result["partitions_total"] >= 2
+    assert result["blocks_total"] >= 2 and result["train_seconds"] > 0
+    assert result["store_dtype"] == "float16" and tiny.paths.trained.is_file()
+    meta = json.loads(tiny.paths.index_meta.read_text())
+    assert sum(p["ntotal"] for p in meta["partitions"]) == embedded["chunks_total"]
+    # every corpus row is in exactly one partition
+    assert [p["row_start"] for p in meta["partitions"][1:]] == \
+        [p["row_end"] for p in meta["partitions"][:-1]]
+    assert meta["recall"]["curve"] and meta["search"]["nprobe"] >= 1
     run = select_flow(name="tiny", queries=tiny.queries, workspace=tiny.ws, k=20, n=4,
-                      strategy="sift", nprobe=4)
-    assert run["rows"] == 6 * 4
+                      strategy="nn")
+    assert run["rows"] == 6 * 4 and run["search_partitions"] == result["partitions_total"]
+    with SearchService(tiny.paths, nprobe=4, rerank_factor=4) as svc:
+        q = svc.fetch(np.array([[0, 7]]))[0][0]
+        hits = svc.search(q, 10)
+        np.testing.assert_allclose(hits.scores, np.einsum("bkd,bd->bk", hits.vectors, q),
+                                   atol=1e-5)
+        assert hits.rows[:, 0].tolist() == [0, 7]  # a stored vector finds itself first
+    # the exact Flat index again for the tests that follow
+    flat = index_flow(name="tiny", workspace=tiny.ws, rebuild=True)
+    assert flat["kind"] == "flat"
 
 
 def test_select_refuses_an_encoder_of_another_dimension(tiny, embedded):
     """An index built with a 384-d encoder and prompts embedded by a 256-d one."""
-    from tasks.select import retrieve
+    from tasks.search_service import SearchService
 
-    with pytest.raises(ValueError, match="query embedding dimension 256 != index dimension 384"):
-        retrieve(tiny.paths, np.zeros((2, 256), dtype=np.float32), 5)
+    with SearchService(tiny.paths, local=True) as svc, \
+            pytest.raises(ValueError, match="query embedding dimension 256 != index dimension 384"):
+        svc.search(np.zeros((2, 256), dtype=np.float32), 5)
+
+
+def test_new_shards_are_added_without_retraining_or_rebuilding_the_rest(tiny, embedded):
+    """Runs last: it grows the corpus. New input -> new shards -> new blocks and a new
+    partition, with the same trained model; finished partitions are not touched."""
+    from flows.embed import embed_flow
+    from flows.index import index_flow
+    from tasks.search_service import SearchService
+
+    kw = {"factory": "IVF4,PQ8x4", "train_size": 256, "memory_budget": "1KB",
+          "block_vectors": 40, "target_recall": 0.9, "recall_k": 20}
+    first = index_flow(name="tiny", workspace=tiny.ws, rebuild=True, **kw)
+    index_dir = tiny.paths.index
+    before = {p.name: p.stat().st_mtime_ns
+              for p in [tiny.paths.trained, *(index_dir / "partitions").iterdir()]}
+    pile = Path(tiny.pile)
+    src = sorted(p for p in pile.iterdir() if p.name != BAD_FILE)[0]
+    (pile / ("zz-new-" + src.name)).write_bytes(src.read_bytes())
+    grown = embed_flow(corpus=tiny.pile, name="tiny", workspace=tiny.ws, shard_docs=16)
+    assert grown["shards_written"] > 0
+    added = index_flow(name="tiny", workspace=tiny.ws, **kw)
+    assert added["n_vectors"] == grown["chunks_total"] > first["n_vectors"]
+    assert added["blocks_skipped"] == first["blocks_total"]
+    assert added["blocks_built"] == added["blocks_total"] - first["blocks_total"] > 0
+    assert added["partitions_built"] == added["partitions_total"] - first["partitions_total"]
+    assert added["trained_on"] == 0  # no retraining
+    after = {p.name: p.stat().st_mtime_ns
+             for p in [tiny.paths.trained, *(index_dir / "partitions").iterdir()]}
+    assert {k: after[k] for k in before} == before  # nothing finished was rewritten
+    # the new rows are searchable: a new shard's first vector finds itself
+    new_shard = next(p for p in tiny.paths.shard_files()
+                     if pq.read_metadata(p).num_rows and p.name not in
+                     {s["file"] for b in json.loads((index_dir / "plan.json").read_text())
+                      ["blocks"][: first["blocks_total"]] for s in b["shards"]})
+    row = pq.read_table(new_shard).slice(0, 1)
+    q = np.stack(row["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    with SearchService(tiny.paths, nprobe=4, rerank_factor=4, local=True) as svc:
+        hits = svc.search(q, 5)
+    assert hits.doc_ids[0, 0] == row["doc_id"][0].as_py()
