@@ -25,6 +25,7 @@ def build_deployments(cron: str | None = NIGHTLY_CRON) -> list:
     from flows.demo import demo_flow
     from flows.embed import embed_flow
     from flows.handoff import handoff_flow
+    from flows.import_embeddings import import_embeddings_flow
     from flows.index import index_flow
     from flows.rank import rank_flow
     from flows.sample import sample_flow
@@ -36,6 +37,8 @@ def build_deployments(cron: str | None = NIGHTLY_CRON) -> list:
         sample_flow.to_deployment(name="sample", tags=tags),
         embed_flow.to_deployment(name="embed", parameters=ws, tags=tags),
         index_flow.to_deployment(name="index", parameters=ws, tags=tags),
+        import_embeddings_flow.to_deployment(name="import-embeddings", parameters=ws,
+                                             tags=tags),
         select_flow.to_deployment(name="select", parameters=ws, tags=tags),
         rank_flow.to_deployment(name="rank", parameters=ws, tags=tags),
         handoff_flow.to_deployment(name="handoff", parameters=ws, tags=tags),

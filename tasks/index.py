@@ -344,6 +344,7 @@ def measure_recall(paths: CorpusPaths, meta: dict, *, k: int, target: float,
     else:
         nlist = int(meta["nlist"])
         hnsw = "HNSW" in meta["factory"].split(",")[0]
+        best_ms = float("inf")  # fastest setting that reached the target so far
         for r in RERANK_FACTORS:
             with SearchService(paths, local=True, meta=meta, rerank_factor=r) as svc:
                 last = -1.0
@@ -352,7 +353,11 @@ def measure_recall(paths: CorpusPaths, meta: dict, *, k: int, target: float,
                     svc.nprobe = nprobe
                     svc.efsearch = max(2 * nprobe, 64) if hnsw else None
                     row = point(svc, nprobe=nprobe, rerank_factor=r, efsearch=svc.efsearch)
-                    if row[key] >= target or row[key] - last < 0.002:
+                    if row[key] >= target:
+                        best_ms = min(best_ms, row["ms_per_query"])
+                        break
+                    # slower than a setting that already reaches the target: stop here
+                    if row[key] - last < 0.002 or row["ms_per_query"] > best_ms:
                         break
                     last = row[key]
         good = [c for c in curve if c[key] >= target]
