@@ -102,8 +102,9 @@ class PartitionSearcher:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def fetch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact vectors ``[n, d]`` float32 and doc_ids ``[n]`` of ``rows`` (all owned)."""
-        return self.store.vectors(rows), self.store.doc_ids(rows)
+        """Exact vectors ``[n, d]`` as stored (float16 travels at half the bytes; the
+        driver widens it) and doc_ids ``[n]`` of ``rows`` (all owned)."""
+        return self.store.vectors(rows, dtype=None), self.store.doc_ids(rows)
 
 
 def _node_id() -> str | None:

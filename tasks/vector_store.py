@@ -69,12 +69,12 @@ class VectorStore:
             raise KeyError(f"rows not in this vector store: {rows[~ok][:5].tolist()}")
         return pos
 
-    def _gather(self, rows: np.ndarray, column) -> np.ndarray:
+    def _gather(self, rows: np.ndarray, column, dtype) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).ravel()
         pos = self._locate(rows)
         first = column(0) if self.blocks else None
         shape = (len(rows), self.dim) if first is not None and first.ndim == 2 else len(rows)
-        out = np.empty(shape, dtype=np.float32 if isinstance(shape, tuple) else np.int64)
+        out = np.empty(shape, dtype=dtype or (first.dtype if first is not None else np.int64))
         for p in np.unique(pos):
             sel = np.nonzero(pos == p)[0]
             local = rows[sel] - self._starts[p]
@@ -82,13 +82,13 @@ class VectorStore:
             out[sel[order]] = column(int(p))[local[order]]
         return out
 
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Exact vectors ``[n, d]`` float32 of ``rows [n]``."""
-        return self._gather(rows, self._block_vectors)
+    def vectors(self, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Exact vectors ``[n, d]`` of ``rows [n]``, as ``dtype`` (None: as stored)."""
+        return self._gather(rows, self._block_vectors, dtype)
 
     def doc_ids(self, rows: np.ndarray) -> np.ndarray:
         """Corpus doc_ids ``[n]`` int64 of ``rows [n]``."""
-        return self._gather(rows, self._block_ids)
+        return self._gather(rows, self._block_ids, np.int64)
 
     def iter_chunks(self, chunk_rows: int = 65_536) -> Iterator[tuple[np.ndarray, int]]:
         """The whole store as ``(x [n, d] float32, first_row)`` chunks, one in memory."""
