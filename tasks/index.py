@@ -45,6 +45,7 @@ DEFAULT_BLOCK_VECTORS = 1 << 18
 HOLDOUT_QUERIES = 1000
 RERANK_FACTORS = (1, 2, 4, 8, 16)
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+EF_SEARCHES = (16, 32, 64, 128, 256, 512)
 
 
 def _dirs(paths: CorpusPaths) -> dict[str, Path]:
@@ -342,15 +343,26 @@ def measure_recall(paths: CorpusPaths, meta: dict, *, k: int, target: float,
 
     key = f"recall@{k}"
     if meta["kind"] != "ivf":
-        with SearchService(paths, local=True, meta=meta, rerank_factor=1) as svc:
-            best = point(svc, nprobe=None, rerank_factor=1, efsearch=None)
-        if not meta.get("exact") and best[key] < target:
-            for r in RERANK_FACTORS[1:]:
-                with SearchService(paths, local=True, meta=meta, rerank_factor=r) as svc:
-                    best = point(svc, nprobe=None, rerank_factor=r, efsearch=None)
-                if best[key] >= target:
-                    break
-        chosen = {"nprobe": None, "efsearch": None, "rerank_factor": best["rerank_factor"]}
+        # HNSW graphs: sweep efSearch; other kinds have no search-time knob but R
+        efs = EF_SEARCHES if "HNSW" in meta["factory"] else (None,)
+        best_ms = float("inf")
+        for r in (1,) if meta.get("exact") else RERANK_FACTORS:
+            with SearchService(paths, local=True, meta=meta, rerank_factor=r) as svc:
+                last = -1.0
+                for ef in efs:
+                    svc.efsearch = ef
+                    row = point(svc, nprobe=None, rerank_factor=r, efsearch=ef)
+                    if row[key] >= target:
+                        best_ms = min(best_ms, row["ms_per_query"])
+                        break
+                    if row[key] - last < 0.002 or row["ms_per_query"] > best_ms:
+                        break
+                    last = row[key]
+            if curve[-1][key] >= target and curve[-1]["ms_per_query"] >= best_ms:
+                break
+        best = _best(curve, key, target)
+        chosen = {"nprobe": None, "efsearch": best["efsearch"],
+                  "rerank_factor": best["rerank_factor"]}
     else:
         nlist = int(meta["nlist"])
         hnsw = "HNSW" in meta["factory"].split(",")[0]
@@ -370,18 +382,24 @@ def measure_recall(paths: CorpusPaths, meta: dict, *, k: int, target: float,
                     if row[key] - last < 0.002 or row["ms_per_query"] > best_ms:
                         break
                     last = row[key]
-        good = [c for c in curve if c[key] >= target]
-        best = min(good, key=lambda c: c["ms_per_query"]) if good else \
-            max(curve, key=lambda c: (c[key], -c["ms_per_query"]))
-        if not good:
-            log.warning("no setting reached recall@%d >= %.3f (best %.3f at nprobe=%s, "
-                        "rerank %s)", k, target, best[key], best["nprobe"],
-                        best["rerank_factor"])
+        best = _best(curve, key, target)
         chosen = {"nprobe": best["nprobe"], "efsearch": best["efsearch"],
                   "rerank_factor": best["rerank_factor"]}
     return {"k": k, "holdout": len(q_rows), "target": target, "curve": curve,
             "search": chosen, "achieved": best[key], "exact_seconds": exact_seconds,
             "reached_target": bool(best[key] >= target)}
+
+
+def _best(curve: list[dict], key: str, target: float) -> dict:
+    """The fastest point of ``curve`` that reaches ``target``, else the best recall."""
+    good = [c for c in curve if c[key] >= target]
+    if good:
+        return min(good, key=lambda c: c["ms_per_query"])
+    best = max(curve, key=lambda c: (c[key], -c["ms_per_query"]))
+    log.warning("no setting reached %s >= %.3f (best %.3f at nprobe=%s, efSearch=%s, "
+                "rerank x%s)", key, target, best[key], best["nprobe"], best["efsearch"],
+                best["rerank_factor"])
+    return best
 
 
 def _without_own(rows: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:

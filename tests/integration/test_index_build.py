@@ -191,3 +191,22 @@ def test_killed_build_keeps_finished_blocks_and_rerun_adds_each_vector_once(byo,
     assert len(stored) == N and len(np.unique(stored)) == N
     assert set(stored.tolist()) == set(byo["ids"].tolist())
     assert res["reached_target"]
+
+
+def test_hnsw_index_gets_its_efsearch_from_the_recall_sweep(byo, local_ray):
+    from tasks.index import build_index
+    from tasks.search_service import SearchService
+
+    res = build_index(byo["paths"], "HNSW16", memory_budget="1GB", block_vectors=2000,
+                      recall_k=50, target_recall=0.97, rebuild=True)
+    assert res["kind"] == "other" and res["partitions_total"] == 1
+    meta = json.loads(byo["paths"].index_meta.read_text())
+    efs = [c["efsearch"] for c in meta["recall"]["curve"]]
+    assert efs[0] == 16 and meta["search"]["efsearch"] in efs
+    assert res["reached_target"]
+    with SearchService(byo["paths"], local=True) as svc:
+        assert svc.efsearch == meta["search"]["efsearch"]
+        _, rows = svc.search_rows(byo["q"], 10)
+    want, _ = _exact(byo, 10)  # row ids are the input order here (one file after another)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), want.tolist(),
+                                                               strict=True)]) >= 0.9
