@@ -464,15 +464,14 @@ def sql(
     workspace: Workspace = None,
 ) -> None:
     """Run a read-only SQL query on the workspace's curation.duckdb and print the rows."""
-    ws = _setup(workspace)
-    from flows.demo import format_rows
+    # DuckDB only: no Prefect server, no Ray, no torch for a read-only query
     from tasks import db
-    from tasks.workspace import db_path
+    from tasks.workspace import db_path, workspace_root
 
-    with db.connect(db_path(ws), read_only=True) as con:
+    with db.connect(db_path(workspace_root(workspace)), read_only=True) as con:
         cur = con.execute(statement)
         cols = [d[0] for d in cur.description]
-        print(format_rows(cols, cur.fetchall()))
+        print(db.format_rows(cols, cur.fetchall()))
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from flows.index import index_flow
 from flows.sample import sample_flow
 from flows.select import select_flow
 from tasks import artifacts, db
+from tasks.db import format_rows
 from tasks.workspace import CorpusPaths, db_path, workspace_root
 
 DEMO_CORPUS = "mini-pile"
@@ -55,14 +56,6 @@ FROM extra e JOIN read_parquet('{embeddings_glob}') c USING (doc_id)
 WHERE e.query_id = (SELECT min(query_id) FROM extra)
 ORDER BY e.rank LIMIT 10;"""),
     ]
-
-
-def format_rows(columns: list[str], rows: list[tuple]) -> str:
-    cells = [[str(c) for c in columns]] + [[str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 @flow(name="demo", log_prints=True)

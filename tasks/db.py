@@ -308,3 +308,12 @@ def query(path: str | Path, sql: str, params: list | None = None) -> list[tuple]
     """Run a read-only query and return all rows (for tests, the CLI and reports)."""
     with connect(path, read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
+
+
+def format_rows(columns: list[str], rows: list[tuple]) -> str:
+    """Rows as an aligned plain-text table under a header line (CLI `sql`, the demo)."""
+    cells = [[str(c) for c in columns]] + [[str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
