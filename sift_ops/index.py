@@ -185,10 +185,10 @@ def train_index(index: faiss.Index, sample: np.ndarray, niter: int = 12) -> fais
     return index
 
 
-def train_size_for(choice: IndexChoice, n: int) -> int:
+def train_size_for(nlist: int | None, n: int) -> int:
     """Training vectors: 64 per IVF list (capped at 2**20 and at ``n``), 65,536 for
-    other trainable indices."""
-    want = choice.nlist * TRAIN_POINTS_PER_LIST if choice.nlist else 65_536
+    other trainable indices (``nlist`` None)."""
+    want = nlist * TRAIN_POINTS_PER_LIST if nlist else 65_536
     return int(min(n, want, MAX_TRAIN_POINTS))
 
 

@@ -342,49 +342,37 @@ def measure_recall(paths: CorpusPaths, meta: dict, *, k: int, target: float,
         return row
 
     key = f"recall@{k}"
-    if meta["kind"] != "ivf":
-        # HNSW graphs: sweep efSearch; other kinds have no search-time knob but R
-        efs = EF_SEARCHES if "HNSW" in meta["factory"] else (None,)
-        best_ms = float("inf")
-        for r in (1,) if meta.get("exact") else RERANK_FACTORS:
-            with SearchService(paths, local=True, meta=meta, rerank_factor=r) as svc:
-                last = -1.0
-                for ef in efs:
-                    svc.efsearch = ef
-                    row = point(svc, nprobe=None, rerank_factor=r, efsearch=ef)
-                    if row[key] >= target:
-                        best_ms = min(best_ms, row["ms_per_query"])
-                        break
-                    if row[key] - last < 0.002 or row["ms_per_query"] > best_ms:
-                        break
-                    last = row[key]
-            if curve[-1][key] >= target and curve[-1]["ms_per_query"] >= best_ms:
-                break
-        best = _best(curve, key, target)
-        chosen = {"nprobe": None, "efsearch": best["efsearch"],
-                  "rerank_factor": best["rerank_factor"]}
-    else:
+    if meta["kind"] == "ivf":
         nlist = int(meta["nlist"])
         hnsw = "HNSW" in meta["factory"].split(",")[0]
-        best_ms = float("inf")  # fastest setting that reached the target so far
-        for r in RERANK_FACTORS:
-            with SearchService(paths, local=True, meta=meta, rerank_factor=r) as svc:
-                last = -1.0
-                for nprobe in [p for p in NPROBES if p <= nlist] + ([nlist] if nlist not in
-                                                                   NPROBES else []):
+        nprobes = [p for p in NPROBES if p <= nlist] + ([nlist] if nlist not in NPROBES
+                                                        else [])
+        settings = [(p, max(2 * p, 64) if hnsw else None) for p in nprobes]
+        factors = RERANK_FACTORS
+    else:
+        # HNSW graphs: sweep efSearch; other kinds have no search-time knob but R
+        efs = EF_SEARCHES if "HNSW" in meta["factory"] else (None,)
+        settings = [(None, ef) for ef in efs]
+        factors = (1,) if meta.get("exact") else RERANK_FACTORS
+    best_ms = float("inf")  # fastest setting that reached the target so far
+    for r in factors:
+        with SearchService(paths, local=True, meta=meta, rerank_factor=r) as svc:
+            last = -1.0
+            for nprobe, ef in settings:  # ever slower and (mostly) better
+                if nprobe is not None:
                     svc.nprobe = nprobe
-                    svc.efsearch = max(2 * nprobe, 64) if hnsw else None
-                    row = point(svc, nprobe=nprobe, rerank_factor=r, efsearch=svc.efsearch)
-                    if row[key] >= target:
-                        best_ms = min(best_ms, row["ms_per_query"])
-                        break
-                    # slower than a setting that already reaches the target: stop here
-                    if row[key] - last < 0.002 or row["ms_per_query"] > best_ms:
-                        break
-                    last = row[key]
-        best = _best(curve, key, target)
-        chosen = {"nprobe": best["nprobe"], "efsearch": best["efsearch"],
-                  "rerank_factor": best["rerank_factor"]}
+                svc.efsearch = ef
+                row = point(svc, nprobe=nprobe, rerank_factor=r, efsearch=ef)
+                if row[key] >= target:
+                    best_ms = min(best_ms, row["ms_per_query"])
+                    break
+                # saturated, or slower than a setting already on target: stop here
+                if row[key] - last < 0.002 or row["ms_per_query"] > best_ms:
+                    break
+                last = row[key]
+    best = _best(curve, key, target)
+    chosen = {"nprobe": best["nprobe"], "efsearch": best["efsearch"],
+              "rerank_factor": best["rerank_factor"]}
     return {"k": k, "holdout": len(q_rows), "target": target, "curve": curve,
             "search": chosen, "achieved": best[key], "exact_seconds": exact_seconds,
             "reached_target": bool(best[key] >= target)}
@@ -512,8 +500,7 @@ def build_index(paths: CorpusPaths, factory: str = "auto", *,
         if paths.trained.is_file():
             template_index = fx.read_index(paths.trained)
         else:
-            size = train_size or fx.train_size_for(
-                fx.choose_index(n_total, dim, budget, plan["factory"]), n_total)
+            size = train_size or fx.train_size_for(plan["nlist"], n_total)
             sample = training_sample(paths, shards, dim, size, seed=seed)
             log.info("training %s on %d vectors sampled across %d shards", plan["factory"],
                      len(sample), len(shards))

@@ -255,8 +255,6 @@ class SearchService:
               ) -> dict[str, np.ndarray]:
         """Embedding-shard columns (``text``, ``source``) of ``rows`` (any shape; -1
         gives None), reading only the row groups of the picks."""
-        from tasks.vector_store import VectorStore
-
         store = VectorStore(self.paths.index / "store", self.meta["blocks"], self.dim)
         got = fetch_columns(store, self.paths.embeddings, rows.ravel(), columns)
         return {c: v.reshape(rows.shape) for c, v in got.items()}

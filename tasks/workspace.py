@@ -3,7 +3,8 @@
     <workspace>/corpora/<name>/manifest.json
     <workspace>/corpora/<name>/embeddings/part-FFFFF-BBBBB.parquet
     <workspace>/corpora/<name>/quarantine/part-FFFFF-BBBBB.jsonl
-    <workspace>/corpora/<name>/index/shard-FFFFF-BBBBB.faiss, trained.faiss, index.json
+    <workspace>/corpora/<name>/index/index.json, trained.faiss, partitions/, store/
+                                        (see tasks/index.py)
     <workspace>/curation.duckdb
     <workspace>/reports/<run_id>/...     plots written by flows
     <workspace>/handoff/<run_id>/...
@@ -51,9 +52,6 @@ class CorpusPaths:
 
     def shard_files(self) -> list[Path]:
         return sorted(self.embeddings.glob("part-*.parquet"))
-
-    def index_file(self, shard_stem: str) -> Path:
-        return self.index / (shard_stem.replace("part-", "shard-", 1) + ".faiss")
 
     def load_manifest(self) -> dict[str, Any]:
         if not self.manifest.is_file():
