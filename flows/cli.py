@@ -271,8 +271,10 @@ def eval_ttt(
     split: Annotated[str, typer.Option(help="Held-out split: 'test' for results, 'dev' for "
                                        "tuning the learning rate (disjoint documents)")]
     = "test",
-    lm: Annotated[str | None, typer.Option(help="Local HF causal-LM folder (default: the "
-                                           "bundled SmolLM2-135M-Instruct)")] = None,
+    lm: Annotated[str | None, typer.Option(help="Causal LM: a local HF folder or a .gguf "
+                                           "file (converted once into <workspace>/models); "
+                                           "default: the bundled SmolLM2-135M-Instruct")]
+    = None,
     max_train_tokens: Annotated[int, typer.Option(help="Tokens of each chunk used for its "
                                                   "step")] = 256,
     prompt_chars: Annotated[int, typer.Option(help="Prompt (prefix) length in characters, "
@@ -324,8 +326,10 @@ def eval_budget(
     epochs: Annotated[int, typer.Option(help="Passes over the selected items")] = 1,
     batch_size: Annotated[int, typer.Option(help="Items per Adam step")] = 8,
     lam: Annotated[float, typer.Option(help="SIFT lambda for the sift strategy")] = 0.1,
-    lm: Annotated[str | None, typer.Option(help="Local HF causal-LM folder (default: the "
-                                           "bundled SmolLM2-135M-Instruct)")] = None,
+    lm: Annotated[str | None, typer.Option(help="Causal LM: a local HF folder or a .gguf "
+                                           "file (converted once into <workspace>/models); "
+                                           "default: the bundled SmolLM2-135M-Instruct")]
+    = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder for prompt embeddings "
                                                 "(default: bundled all-MiniLM-L6-v2)")]
     = None,
@@ -392,9 +396,11 @@ def rank(
     batch_size: Annotated[int | None, typer.Option(help="Items per annotation batch (one "
                                                    "handoff file each); default: one "
                                                    "batch")] = None,
-    lm: Annotated[str | None, typer.Option(help="Local HF causal-LM folder for uncertainty "
-                                           "(default: bundled SmolLM2-135M-Instruct, "
-                                           "converted once into <workspace>/models)")] = None,
+    lm: Annotated[str | None, typer.Option(help="Causal LM for uncertainty: a local HF "
+                                           "folder or a .gguf file (converted once into "
+                                           "<workspace>/models, keyed by its SHA-256); "
+                                           "default: the bundled SmolLM2-135M-Instruct")]
+    = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy answer length cap (tokens)")]
     = 64,
     uncertainty_metric: Annotated[str, typer.Option(

@@ -14,19 +14,20 @@ __all__ = ["check_model_folder"]
 
 
 def check_model_folder(model: str, what: str, default_hint: str,
-                       trust_remote_code: bool = False) -> Path:
+                       trust_remote_code: bool = False, accepted: str = "a folder") -> Path:
     """Return ``model`` as a folder path, or raise a message that names the problem.
 
     ``what`` names the role ("encoder", "causal LM"); ``default_hint`` says what omitting
-    the option gives. Raises FileNotFoundError (no config.json), ValueError (config.json
-    is not JSON) or PermissionError (custom code without ``trust_remote_code``).
+    the option gives; ``accepted`` what else may be passed. Raises FileNotFoundError (no
+    config.json), ValueError (config.json is not JSON) or PermissionError (custom code
+    without ``trust_remote_code``).
     """
     folder = Path(model).expanduser()
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(
             f"{what} {model!r} is not a local Hugging Face model folder (no config.json); "
-            f"hubs cannot be reached: pass a folder, or omit the option for {default_hint}"
+            f"hubs cannot be reached: pass {accepted}, or omit the option for {default_hint}"
         )
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))

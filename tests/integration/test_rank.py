@@ -227,6 +227,37 @@ def test_real_smollm2_scores_a_handful(ws, tmp_path_factory):
     assert res["lm_items_per_s"] > 0
 
 
+@pytest.mark.real_lm
+def test_the_bundled_gguf_passed_by_path_reuses_its_converted_folder(ws):
+    """`rank --lm .../SmolLM2-135M-Instruct.Q4_1.gguf` is the default model: same bytes,
+    same cached folder (converted by the test above, or here the first time)."""
+    from sift_ops.causal_lm import bundled_gguf, resolve_lm_path
+
+    models = Path(ws.root) / "models"
+    assert resolve_lm_path(str(bundled_gguf()), models) == str(models /
+                                                              "SmolLM2-135M-Instruct")
+
+
+def test_rank_with_a_gguf_file_as_lm(ws, tmp_path_factory):
+    """`--lm FILE.gguf`: converted into <workspace>/models/gguf/<sha256[:16]> on the driver,
+    loaded by the Ray LM actors from there, scores written."""
+    from flows.rank import rank_flow
+    from sift_ops.causal_lm import file_sha256
+    from tests.tiny_gguf import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    small = Path(ws.root) / "small-gguf.jsonl"
+    small.write_bytes(b"\n".join(Path(ws.pool).read_bytes().splitlines()[:6]) + b"\n")
+    res = rank_flow(pool=str(small), pool_name="small-gguf", budget=3,
+                    strategies=["mean_entropy"], lm=str(gguf), max_new_tokens=3,
+                    gen_batch_size=6, workspace=ws.root, run_id="rank-gguf")
+    folder = Path(ws.root) / "models" / "gguf" / file_sha256(gguf)[:16]
+    assert (folder / "config.json").is_file()
+    assert db.query(ws.db, """SELECT count(*) FROM item_scores WHERE run_id = 'rank-gguf'
+                              AND metric = 'mean_entropy'""") == [(5,)]
+    assert res["selected"] == {"mean_entropy": 3}
+
+
 def test_lm_stage_streams_results_in_blocks_of_about_rows_per_call(ws, ranked):
     """With Ray Data's default 128 MB block target the whole pool was one block: results
     and the progress bar arrived only at the end of LM scoring."""
