@@ -464,6 +464,75 @@ def handoff(
                        workspace=ws))
 
 
+@app.command("curation-run")
+def curation_run(
+    config: Annotated[Path | None, typer.Option(
+        help="YAML jobs file (the same one `python -m deployments.serve --config` deploys); "
+        "its job's keys are the defaults of every option below")] = None,
+    job: Annotated[str | None, typer.Option(help="Job of --config to run (needed when the "
+                                            "file holds several)")] = None,
+    corpus: Annotated[str | None, typer.Option(help="Pile-format corpus (file, folder or "
+                                               "glob); default: the bundled sample, built "
+                                               "into <workspace>/sample on first run")]
+    = None,
+    corpus_name: Annotated[str | None, typer.Option(help="Corpus name (required with "
+                                                    "--corpus; default mini-pile)")] = None,
+    pool: Annotated[str | None, typer.Option(help="Unlabeled instruction pool; default: the "
+                                             "bundled sample's pool")] = None,
+    pool_name: Annotated[str | None, typer.Option(help="Pool name (required with --pool; "
+                                                  "default sample-pool)")] = None,
+    budget: Annotated[float | None, typer.Option(help="Annotation budget in --unit "
+                                                 "(default 100)")] = None,
+    unit: Annotated[str | None, typer.Option(help="items (default) or tokens")] = None,
+    strategy: Annotated[list[str] | None, typer.Option(
+        help="Pool strategies to rank with (repeat or comma-separate; default: random, "
+        "facility_location)")] = None,
+    handoff_strategy: Annotated[str | None, typer.Option(
+        help="Strategy whose selection is handed off (default facility_location)")] = None,
+    handoff_format: Annotated[str | None, typer.Option(
+        help="labelstudio (default), jsonl or csv")] = None,
+    allocation: Annotated[str | None, typer.Option(
+        help="Budget split across sources: proportional (default), equal, uncertainty")]
+    = None,
+    batch_size: Annotated[int | None, typer.Option(help="Items per annotation batch")]
+    = None,
+    targets: Annotated[str | None, typer.Option(help="Target prompts for sift")] = None,
+    lm: Annotated[str | None, typer.Option(help="Causal LM: HF folder or .gguf file "
+                                           "(default: the bundled SmolLM2-135M-Instruct)")]
+    = None,
+    factory: Annotated[str | None, typer.Option(help="faiss index (default auto)")] = None,
+    memory_budget: Annotated[str | None, typer.Option(
+        help="RAM one index partition may take (default 4GB)")] = None,
+    target_recall: Annotated[float | None, typer.Option(
+        help="recall@200 target of the index's search settings (default 0.95)")] = None,
+    shard_docs: Annotated[int | None, typer.Option(
+        help="Input lines per embedding shard (default 250 for the sample, 2000 "
+        "otherwise; fixed for a corpus)")] = None,
+    ray_address: RayAddress = None,
+    workspace: Workspace = None,
+) -> None:
+    """The scheduled curation job once: embed new shards, index new vectors, rank the pool
+    under the budget, hand off. With no options it curates the bundled sample."""
+    ws = _setup(workspace)
+    from flows.curation_run import curation_run_flow
+    from flows.jobs import find_job, load_jobs, validate_job
+
+    if job and not config:
+        raise typer.BadParameter("--job needs --config")
+    base = find_job(load_jobs(config), job, str(config)).job.parameters() if config else {}
+    names = [n for s in (strategy or []) for n in _names(s) or []] or None
+    given = {"corpus": corpus, "corpus_name": corpus_name, "pool": pool,
+             "pool_name": pool_name, "budget": budget, "unit": unit, "strategies": names,
+             "handoff_strategy": handoff_strategy, "handoff_format": handoff_format,
+             "allocation": allocation, "batch_size": batch_size, "targets": targets,
+             "lm": lm, "factory": factory, "memory_budget": memory_budget,
+             "target_recall": target_recall, "shard_docs": shard_docs,
+             "ray_address": ray_address}
+    params = validate_job({**base, **{k: v for k, v in given.items() if v is not None}},
+                          "options").model_dump()
+    _show(curation_run_flow(**params, workspace=ws))
+
+
 @app.command()
 def sql(
     statement: Annotated[str, typer.Argument(help="SQL to run read-only on curation.duckdb")],

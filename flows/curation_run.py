@@ -1,73 +1,133 @@
 """Flow: the scheduled curation job, end to end.
 
-embed the corpus' new shards (finished shards are skipped) -> index them -> rank the
-instruction pool under the annotation budget -> hand the chosen strategy's selection to
-annotators. Each step is its own subflow with its own run id in ``runs``, so a failed
-night can be rerun as a whole: every step resumes or replaces, nothing doubles.
+(bundled sample, first run only) -> embed the corpus' new shards -> index the new vectors
+-> rank the instruction pool under the annotation budget -> hand the chosen strategy's
+selection to annotators. Each step is its own subflow with its own run id in ``runs``, so
+a failed night can be rerun as a whole: every step resumes or replaces, nothing doubles.
+On unchanged inputs a rerun embeds and indexes nothing and replaces its rows and files;
+the artifact counts what was new (shards, vectors, pool items).
+
+The parameters are those of :class:`flows.jobs.CurationJob` (the same names, types and
+defaults; a test holds them together), so a deployment or a cron run with no parameters
+curates the bundled sample.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.embed import embed_flow
 from flows.handoff import handoff_flow
 from flows.index import index_flow
+from flows.jobs import (
+    Allocation,
+    CurationJob,
+    HandoffFormat,
+    Strategy,
+    Unit,
+    validate_job,
+)
 from flows.rank import rank_flow
+from flows.sample import sample_flow
 from tasks import artifacts
+from tasks.sample import read_sample
 from tasks.workspace import workspace_root
+
+_D = CurationJob()  # the defaults, from the one model
 
 
 @flow(name="curation-run", log_prints=True)
 def curation_run_flow(
-    corpus: str,
-    name: str,
-    pool: str,
-    pool_name: str,
-    budget: float,
-    unit: str = "items",
-    strategies: list[str] | None = None,
-    handoff_strategy: str = "facility_location",
-    handoff_format: str = "labelstudio",
-    allocation: str = "proportional",
-    batch_size: int | None = None,
-    targets: str | None = None,
-    lm: str | None = None,
-    factory: str = "auto",
-    shard_docs: int = 2000,
-    ray_address: str | None = None,
+    corpus: str | None = _D.corpus,
+    corpus_name: str = _D.corpus_name,
+    pool: str | None = _D.pool,
+    pool_name: str = _D.pool_name,
+    budget: float = _D.budget,
+    unit: Unit = _D.unit,
+    strategies: list[Strategy] | None = None,  # type: ignore[valid-type]
+    handoff_strategy: Strategy = _D.handoff_strategy,  # type: ignore[valid-type]
+    handoff_format: HandoffFormat = _D.handoff_format,
+    allocation: Allocation = _D.allocation,  # type: ignore[valid-type]
+    batch_size: int | None = _D.batch_size,
+    targets: str | None = _D.targets,
+    lm: str | None = _D.lm,
+    factory: str = _D.factory,
+    memory_budget: str = _D.memory_budget,
+    target_recall: float = _D.target_recall,
+    shard_docs: int | None = _D.shard_docs,
+    ray_address: str | None = _D.ray_address,
     workspace: str | None = None,
 ) -> dict:
-    """Embed ``corpus`` into corpus ``name``, index it, rank ``pool`` with ``strategies``
-    (default: random + facility_location) under ``budget`` ``unit``, and write the
-    handoff files of ``handoff_strategy`` as ``handoff_format`` under
-    ``<workspace>/handoff``. Returns the run ids and the handoff manifest."""
+    """Curate one job (see :class:`flows.jobs.CurationJob` for every parameter): embed
+    ``corpus`` into ``corpus_name``, index it, rank ``pool`` with ``strategies`` under
+    ``budget`` ``unit`` and write ``handoff_strategy``'s selection as ``handoff_format``
+    under ``<workspace>/handoff``. Returns the run ids, the counts of new data and the
+    handoff manifest."""
     logger = get_run_logger()
-    strategies = list(strategies or ["random", "facility_location"])
-    if handoff_strategy not in strategies:
-        raise ValueError(f"handoff_strategy {handoff_strategy!r} is not among the strategies "
-                         f"ranked ({', '.join(strategies)})")
+    params = {k: v for k, v in locals().items() if k in CurationJob.model_fields}
+    if params["strategies"] is None:
+        params.pop("strategies")
+    job = validate_job(params)
     ws = str(workspace_root(workspace))
-    embedded = embed_flow(corpus=corpus, name=name, workspace=ws, shard_docs=shard_docs,
-                          ray_address=ray_address)
-    logger.info("embed: %d new shards, %d skipped", embedded["shards_written"],
-                embedded["shards_skipped"])
-    indexed = index_flow(name=name, workspace=ws, factory=factory, ray_address=ray_address)
-    ranked = rank_flow(pool=pool, pool_name=pool_name, budget=budget, unit=unit,
-                       strategies=strategies, targets=targets, allocation=allocation,
-                       batch_size=batch_size, lm=lm, corpus=name, ray_address=ray_address,
-                       workspace=ws)
-    handed = handoff_flow(run=ranked["run_id"], format=handoff_format,
-                          strategy=handoff_strategy, force=True, workspace=ws)
+    corpus_in, pool_in = job.corpus, job.pool
+    if job.uses_sample:
+        sample = _bundled_sample(ws)
+        corpus_in = corpus_in or sample["pile_dir"]
+        pool_in = pool_in or sample["pool"]
+    embedded = embed_flow(corpus=corpus_in, name=job.corpus_name, workspace=ws,
+                          shard_docs=job.effective_shard_docs(), ray_address=job.ray_address)
+    indexed = index_flow(name=job.corpus_name, workspace=ws, factory=job.factory,
+                         memory_budget=job.memory_budget, target_recall=job.target_recall,
+                         ray_address=job.ray_address)
+    ranked = rank_flow(pool=pool_in, pool_name=job.pool_name, budget=job.budget,
+                       unit=job.unit, strategies=list(job.strategies), targets=job.targets,
+                       allocation=job.allocation, batch_size=job.batch_size, lm=job.lm,
+                       corpus=job.corpus_name, ray_address=job.ray_address, workspace=ws)
+    handed = handoff_flow(run=ranked["run_id"], format=job.handoff_format,
+                          strategy=job.handoff_strategy, force=True, workspace=ws)
+    new = {"shards": embedded["shards_written"], "vectors": indexed["new_vectors"],
+           "pool_items": ranked["new_items"], "lm_scored": ranked.get("lm_scored", 0),
+           "prompts_embedded": ranked.get("prompts_embedded", 0)}
+    logger.info("new since the last run: %d shards, %d vectors, %d pool items (%d LM-scored, "
+                "%d prompts embedded)", new["shards"], new["vectors"], new["pool_items"],
+                new["lm_scored"], new["prompts_embedded"])
     result = {"embed_run": embedded["run_id"], "index_run": indexed["run_id"],
-              "rank_run": ranked["run_id"], "handoff": handed}
+              "rank_run": ranked["run_id"], "new": new, "handoff": handed}
+    _artifact(job, embedded, indexed, ranked, handed, new)
+    return result
+
+
+def _bundled_sample(workspace: str) -> dict[str, str]:
+    """The bundled sample in ``<workspace>/sample``: built on the first run (a subflow),
+    then read from its ``sample.json`` (written last, so present means complete)."""
+    folder = Path(workspace) / "sample"
+    found = read_sample(folder)
+    if found is None:
+        found = sample_flow(out=str(folder))["paths"]
+    return found
+
+
+def _artifact(job: CurationJob, embedded: dict, indexed: dict, ranked: dict, handed: dict,
+              new: dict) -> None:
+    rows = [
+        {"step": "embed", "run": embedded["run_id"], "new": f"{new['shards']} shards",
+         "total": f"{embedded['chunks_total']} chunks"},
+        {"step": "index", "run": indexed["run_id"], "new": f"{new['vectors']} vectors",
+         "total": f"{indexed['n_vectors']} vectors"},
+        {"step": "rank", "run": ranked["run_id"], "new": f"{new['pool_items']} pool items",
+         "total": f"{ranked['items']} items"},
+        {"step": "handoff", "run": ranked["run_id"], "new": "replaced",
+         "total": f"{handed['n_items']} items in {handed['n_batches']} file(s)"},
+    ]
     artifacts.markdown(
         "curation-run",
-        f"# Curation run\n\n- corpus `{name}`: {embedded['chunks_total']} chunks "
-        f"({embedded['shards_written']} new shards)\n- index run `{indexed['run_id']}`\n"
-        f"- pool `{pool_name}` ranked in run `{ranked['run_id']}` with "
-        f"{', '.join(strategies)} under {budget:g} {unit}\n"
-        f"- handoff ({handoff_format}, {handoff_strategy}): `{handed['folder']}`\n",
-        description="nightly curation",
+        f"# Curation run: `{job.corpus_name}` / `{job.pool_name}`\n\n"
+        f"Ranked with {', '.join(job.strategies)} under {job.budget:g} {job.unit}; "
+        f"`{job.handoff_strategy}` handed off as {job.handoff_format} to "
+        f"`{handed['folder']}`.\n\n" + artifacts.md_table(rows)
+        + f"\n\nLM scored {new['lm_scored']} items and {new['prompts_embedded']} prompts "
+        "were embedded (the others came from the pool's cache).\n",
+        description="curation run: what was new",
     )
-    return result

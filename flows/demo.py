@@ -12,13 +12,14 @@ from prefect import flow
 
 from flows.embed import embed_flow
 from flows.index import index_flow
+from flows.jobs import SAMPLE_CORPUS, SAMPLE_SHARD_DOCS
 from flows.sample import sample_flow
 from flows.select import select_flow
 from tasks import artifacts, db
 from tasks.db import format_rows
 from tasks.workspace import CorpusPaths, db_path, workspace_root
 
-DEMO_CORPUS = "mini-pile"
+DEMO_CORPUS = SAMPLE_CORPUS
 
 
 def demo_sql(sift_run: str, nn_run: str, embeddings_glob: str, n: int) -> list[tuple[str, str]]:
@@ -65,9 +66,8 @@ def demo_flow(workspace: str | None = None, k: int = 200, n: int = 50, lam: floa
     root = workspace_root(workspace)
     ws = str(root)
     sample = sample_flow(out=str(root / "sample"), n_docs=n_docs, n_queries=n_queries)
-    # small shards: progress every ~400 chunks on the demo's 5k chunks
     embedded = embed_flow(corpus=sample["paths"]["pile_dir"], name=DEMO_CORPUS, workspace=ws,
-                          shard_docs=250)
+                          shard_docs=SAMPLE_SHARD_DOCS)
     indexed = index_flow(name=DEMO_CORPUS, workspace=ws)
     queries = sample["paths"]["queries"]
     sift = select_flow(name=DEMO_CORPUS, queries=queries, workspace=ws, k=k, n=n, lam=lam,

@@ -30,12 +30,14 @@ from tasks import artifacts, db
 from tasks.lm_scoring import embed_pool, score_pool
 from tasks.pool import (
     IngestResult,
+    count_new_items,
     ingest_pool_files,
     pool_dir,
     read_item_columns,
     read_targets,
     store_pool,
 )
+from tasks.pool_cache import cache_path, cached_compute, model_fingerprint
 from tasks.rank_plots import budget_bars, score_distributions, selection_map
 from tasks.runs import make_run_id, tracked_run
 from tasks.workspace import CorpusPaths, check_name, db_path, reports_dir, workspace_root
@@ -52,10 +54,12 @@ def ingest_pool(pool: str, pool_name: str, workspace: str | None, run_id: str,
     whatever the pool's size (see :func:`tasks.pool.ingest_pool_files`)."""
     logger = get_run_logger()
     p = ingest_pool_files(pool, pool_dir(workspace, pool_name), strict=strict)
+    p.n_new = count_new_items(db_path(workspace), pool_name, p.items_path)
     store_pool(db_path(workspace), run_id, pool_name, p)
-    logger.info("pool %s: %d rows in %d file(s) -> %d items (%d already labelled), %d exact "
-                "duplicates collapsed, %d rows quarantined", pool_name, p.n_rows, len(p.files),
-                p.n_items, p.n_labeled, p.n_duplicates, p.n_quarantined)
+    logger.info("pool %s: %d rows in %d file(s) -> %d items (%d new since the last rank, "
+                "%d already labelled), %d exact duplicates collapsed, %d rows quarantined",
+                pool_name, p.n_rows, len(p.files), p.n_items, p.n_new, p.n_labeled,
+                p.n_duplicates, p.n_quarantined)
     for q in p.examples:
         logger.warning("quarantined %s:%d: %s", q["file"], q["line"], q["reason"])
     if p.n_quarantined > len(p.examples):
@@ -68,43 +72,71 @@ def ingest_pool(pool: str, pool_name: str, workspace: str | None, run_id: str,
 
 
 @task(name="score-uncertainty", persist_result=False, cache_policy=NO_CACHE)
-def score_uncertainty(parquet: str, n_unlabeled: int, lm: str | None, workspace: str | None,
+def score_uncertainty(parquet: str, pool_name: str, lm: str | None, workspace: str | None,
                       max_new_tokens: int, gen_batch_size: int, actors: int,
                       trust_remote_code: bool, ray_address: str | None
                       ) -> tuple[pa.Table, dict]:
+    """LM uncertainty of every unlabelled item: from the pool's cache where the same item
+    was scored by the same LM before, with the Ray LM stage for the others."""
     from sift_ops.causal_lm import resolve_lm_path
 
     logger = get_run_logger()
-    # resolve (and, the first time, convert the bundled GGUF) on the driver, once
+    # resolve (and, the first time, convert a GGUF) on the driver, once
     lm_path = resolve_lm_path(lm, workspace_root(workspace) / "models",
                               trust_remote_code=trust_remote_code)
-    bar = tqdm(total=n_unlabeled, desc="LM uncertainty", unit="item", file=sys.stderr,
-               dynamic_ncols=True)
-    try:
-        table, stats = score_pool(parquet, lm_path, max_new_tokens=max_new_tokens,
-                                  gen_batch_size=gen_batch_size, actors=actors,
-                                  progress=bar.update, ray_address=ray_address)
-    finally:
-        bar.close()
-    stats["lm"] = lm_path
-    logger.info("LM %s: scored %d items in %.1f s (%.2f items/s, max %d new tokens)", lm_path,
-                stats["rows"], stats["seconds"], stats["items_per_s"], max_new_tokens)
+    key = {**model_fingerprint(lm_path), "max_new_tokens": max_new_tokens}
+    stats: dict[str, Any] = {"rows": 0, "seconds": 0.0, "items_per_s": 0.0}
+
+    def compute(todo: str, n: int) -> pa.Table:
+        bar = tqdm(total=n, desc="LM uncertainty", unit="item", file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            table, st = score_pool(todo, lm_path, max_new_tokens=max_new_tokens,
+                                   gen_batch_size=gen_batch_size, actors=actors,
+                                   progress=bar.update, ray_address=ray_address)
+        finally:
+            bar.close()
+        stats.update(st)
+        return table
+
+    table, n_new = cached_compute(parquet, cache_path(pool_dir(workspace, pool_name), "lm",
+                                                      key), compute, unlabeled_only=True)
+    stats.update(lm=lm_path, scored=n_new, cached=table.num_rows - n_new)
+    if n_new:
+        logger.info("LM %s: scored %d new items in %.1f s (%.2f items/s, max %d new tokens); "
+                    "%d from the cache", lm_path, stats["rows"], stats["seconds"],
+                    stats["items_per_s"], max_new_tokens, stats["cached"])
+    else:
+        logger.info("LM %s: all %d items' scores from the cache", lm_path, table.num_rows)
     return table, stats
 
 
 @task(name="embed-prompts", persist_result=False, cache_policy=NO_CACHE)
-def embed_prompts(parquet: str, n_items: int, model: str | None, max_tokens: int | None,
-                  ray_address: str | None) -> tuple[pa.Table, dict]:
+def embed_prompts(parquet: str, pool_name: str, workspace: str | None, model: str | None,
+                  max_tokens: int | None, ray_address: str | None) -> tuple[pa.Table, dict]:
+    """Prompt embeddings of every item (labelled ones too), cached per pool like the LM
+    scores."""
     logger = get_run_logger()
-    bar = tqdm(total=n_items, desc="embed prompts", unit="item", file=sys.stderr,
-               dynamic_ncols=True)
-    try:
-        table, stats = embed_pool(parquet, model, max_tokens, progress=bar.update,
-                                  ray_address=ray_address)
-    finally:
-        bar.close()
-    logger.info("embedded %d prompts in %.1f s (%.1f items/s)", stats["rows"],
-                stats["seconds"], stats["rows_per_s"])
+    key = {**model_fingerprint(model), "max_tokens": max_tokens}
+    stats: dict[str, Any] = {"rows": 0, "seconds": 0.0, "rows_per_s": 0.0}
+
+    def compute(todo: str, n: int) -> pa.Table:
+        bar = tqdm(total=n, desc="embed prompts", unit="item", file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            table, st = embed_pool(todo, model, max_tokens, progress=bar.update,
+                                   ray_address=ray_address)
+        finally:
+            bar.close()
+        stats.update(st)
+        return table
+
+    table, n_new = cached_compute(parquet, cache_path(pool_dir(workspace, pool_name),
+                                                      "embedding", key), compute,
+                                  unlabeled_only=False)
+    stats.update(embedded=n_new, cached=table.num_rows - n_new)
+    logger.info("embedded %d new prompts in %.1f s (%.1f items/s); %d from the cache",
+                n_new, stats["seconds"], stats["rows_per_s"], stats["cached"])
     return table, stats
 
 
@@ -230,7 +262,7 @@ def rank_flow(
         scores: dict[str, np.ndarray] = {}
         lm_stats: dict[str, Any] = {}
         if use_lm:
-            table, lm_stats = score_uncertainty(parquet, int(unlabeled.sum()), lm, workspace,
+            table, lm_stats = score_uncertainty(parquet, pool_name, lm, workspace,
                                                 max_new_tokens, gen_batch_size, actors,
                                                 trust_remote_code, ray_address)
             pos = _align(items.column("item_id"), table)
@@ -252,11 +284,11 @@ def rank_flow(
         emb_stats: dict[str, Any] = {}
         enc_model, enc_max = _encoder_for(corpus, encoder, workspace)
         if needs_embeddings(strategies):
-            table, emb_stats = embed_prompts(parquet, n, enc_model, enc_max, ray_address)
+            table, emb_stats = embed_prompts(parquet, pool_name, workspace, enc_model,
+                                             enc_max, ray_address)
             pos = _align(items.column("item_id"), table)
-            flat = table.column("embedding").combine_chunks()
-            dim = flat.type.list_size
-            emb = flat.values.to_numpy().reshape(-1, dim)[pos]
+            values = pc.list_flatten(table.column("embedding")).to_numpy()
+            emb = values.astype(np.float32).reshape(table.num_rows, -1)[pos]
             if targets and "sift" in strategies:
                 from sift_ops.embedding import TextEncoder
 
@@ -313,7 +345,10 @@ def rank_flow(
                                           f"{pool_name}: budget {budget:g} {unit}, "
                                           f"{allocation} allocation", unit))
         rec.summary = {
-            "pool_rows": p.n_rows, "items": n, "labeled": int(labeled.sum()),
+            "pool_rows": p.n_rows, "items": n, "new_items": p.n_new,
+            "labeled": int(labeled.sum()),
+            "lm_scored": lm_stats.get("scored", 0), "lm_cached": lm_stats.get("cached", 0),
+            "prompts_embedded": emb_stats.get("embedded", 0),
             "duplicates": p.n_duplicates, "quarantined": p.n_quarantined,
             "strategies": strategies,
             "selected": {s: int(len(r.index)) for s, (r, _) in results.items()},
@@ -334,14 +369,16 @@ def _artifact(rid: str, pool_name: str, budget: float, unit: str, allocation: st
                      "spent": summary["spent"][s],
                      "seconds": round(summary["selection_seconds"][s], 3)}
                     for s in summary["strategies"]]
-    lm_line = (f"- LM scoring: {lm_stats['rows']} items in {lm_stats['seconds']:.1f} s "
-               f"(**{lm_stats['items_per_s']:.2f} items/s**), `{lm_stats['lm']}`\n"
+    lm_line = (f"- LM scoring: {lm_stats['scored']} new items in {lm_stats['seconds']:.1f} s "
+               f"(**{lm_stats['items_per_s']:.2f} items/s**), {lm_stats['cached']} from the "
+               f"pool's cache, `{lm_stats['lm']}`\n"
                if lm_stats else "- LM scoring: not needed by these strategies\n")
     artifacts.markdown(
         f"rank-{pool_name}",
         f"# Annotation ranking `{rid}`\n\n"
         f"Pool `{pool_name}`: {summary['pool_rows']} rows -> {summary['items']} items "
-        f"({summary['labeled']} already labelled, {summary['duplicates']} duplicates "
+        f"(**{summary['new_items']} new** since the last rank, {summary['labeled']} already "
+        f"labelled, {summary['duplicates']} duplicates "
         f"collapsed, **{summary['quarantined']} quarantined**).\n\n"
         f"Budget **{budget:g} {unit}**, {allocation} allocation across sources.\n\n"
         + lm_line + "\n"

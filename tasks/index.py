@@ -483,6 +483,7 @@ def build_index(paths: CorpusPaths, factory: str = "auto", *,
             tmp.unlink()
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink()
+    n_before = sum(b["n"] for b in (previous or {}).get("blocks", []))
     plan = plan_index(shards, previous, dim=dim, factory=factory, memory_budget=budget,
                       store_dtype=store_dtype, block_vectors=block_vectors)
     write_json_atomic(d["plan"], plan)
@@ -491,6 +492,15 @@ def build_index(paths: CorpusPaths, factory: str = "auto", *,
         log.warning("corpus %r grew from %d to %d vectors since the index structure was "
                     "chosen (%s); consider --rebuild", paths.name, plan["planned_for"],
                     n_total, plan["factory"])
+
+    done_blocks = {int(p.stem.split("-")[1]) for p in d["blocks"].glob("block-*.json")}
+    done_parts = {int(p.stem.split("-")[1]) for p in d["partitions"].glob("part-*.json")}
+    current = _finished_meta(paths, plan, done_parts, n_total)
+    if current is not None:
+        # nothing new since the last build: no Ray, no training, no recall measurement
+        log.info("index of %r is up to date (%d vectors)", paths.name, n_total)
+        return _summary(paths, plan, current, n_new=0, built=0, merged=0, trained_on=0,
+                        seconds={"seconds": time.perf_counter() - t_start})
 
     # train once: the trained empty index is the template of every block and partition
     t0 = time.perf_counter()
@@ -517,7 +527,6 @@ def build_index(paths: CorpusPaths, factory: str = "auto", *,
     import ray
 
     template_ref = ray.put(template) if template is not None else None
-    done_blocks = {int(p.stem.split("-")[1]) for p in d["blocks"].glob("block-*.json")}
     todo = [b for b in plan["blocks"] if b["block"] not in done_blocks]
     t0 = time.perf_counter()
     built = _run_ray(build_block, [(str(paths.root), b, dim, plan["kind"],
@@ -525,7 +534,6 @@ def build_index(paths: CorpusPaths, factory: str = "auto", *,
                      1.0 if cpus >= 2 else 0.5, progress, "block")
     add_seconds = time.perf_counter() - t0
 
-    done_parts = {int(p.stem.split("-")[1]) for p in d["partitions"].glob("part-*.json")}
     todo_parts = [p for p in plan["partitions"] if p["partition"] not in done_parts]
     t0 = time.perf_counter()
     merged = _run_ray(build_partition, [(str(paths.root), plan, p,
@@ -567,19 +575,46 @@ def build_index(paths: CorpusPaths, factory: str = "auto", *,
                        f"{len(parts)} partition(s)")
     meta["recall_plot"] = str(plot)
     write_json_atomic(paths.index_meta, meta)
+    return _summary(paths, plan, meta, n_new=n_total - n_before, built=len(built),
+                    merged=len(merged), trained_on=trained_on,
+                    seconds={"train_seconds": train_seconds, "add_seconds": add_seconds,
+                             "merge_seconds": merge_seconds, "recall_seconds": recall_seconds,
+                             "seconds": time.perf_counter() - t_start})
+
+
+def _finished_meta(paths: CorpusPaths, plan: dict, done_parts: set[int],
+                   n_total: int) -> dict | None:
+    """index.json when it already describes this plan completely (every partition built,
+    the same vectors, recall measured), else None."""
+    if not paths.index_meta.is_file():
+        return None
+    if any(p["partition"] not in done_parts for p in plan["partitions"]):
+        return None
+    meta = json.loads(paths.index_meta.read_text())
+    same = (meta.get("version") == INDEX_VERSION and meta.get("n_vectors") == n_total
+            and meta.get("factory") == plan["factory"] and "recall" in meta
+            and len(meta.get("partitions", [])) == len(plan["partitions"]))
+    return meta if same else None
+
+
+def _summary(paths: CorpusPaths, plan: dict, meta: dict, *, n_new: int, built: int,
+             merged: int, trained_on: int, seconds: dict) -> dict:
+    """The run summary of a build (or of a build that found nothing to do)."""
+    recall = meta["recall"]
+    times = {k: seconds.get(k, 0.0) for k in ("train_seconds", "add_seconds",
+                                              "merge_seconds", "recall_seconds", "seconds")}
     return {
         "corpus": paths.name, "factory": plan["factory"], "kind": plan["kind"],
-        "factory_requested": plan["factory_requested"], "n_vectors": n_total,
-        "blocks_total": len(plan["blocks"]), "blocks_built": len(built),
-        "blocks_skipped": len(plan["blocks"]) - len(built),
-        "partitions_total": len(parts), "partitions_built": len(merged),
-        "trained_on": trained_on, "train_seconds": train_seconds,
-        "add_seconds": add_seconds, "merge_seconds": merge_seconds,
-        "recall_seconds": recall_seconds, "seconds": time.perf_counter() - t_start,
+        "factory_requested": plan["factory_requested"], "n_vectors": meta["n_vectors"],
+        "new_vectors": n_new, "blocks_total": len(plan["blocks"]), "blocks_built": built,
+        "blocks_skipped": len(plan["blocks"]) - built,
+        "partitions_total": len(meta["partitions"]), "partitions_built": merged,
+        "trained_on": trained_on, **times,
         "index_bytes_per_vector": meta["index_bytes_per_vector"],
         "store_dtype": plan["store_dtype"], "recall_k": recall["k"],
         "recall": recall["achieved"],
         "nprobe": recall["search"]["nprobe"], "rerank_factor":
             recall["search"]["rerank_factor"], "reached_target": recall["reached_target"],
-        "gpus": meta["gpus"], "index_dir": str(paths.index), "recall_plot": str(plot),
+        "gpus": meta["gpus"], "index_dir": str(paths.index),
+        "recall_plot": meta.get("recall_plot", ""),
     }

@@ -264,6 +264,7 @@ class IngestResult:
     n_labeled: int = 0
     n_duplicates: int = 0
     n_quarantined: int = 0
+    n_new: int = 0  # items not in pool_items for this pool before (set by the rank flow)
     examples: list[dict[str, Any]] = field(default_factory=list)  # first quarantined rows
 
 
@@ -555,6 +556,16 @@ def store_pool(dbf: str | Path, run_id: str, pool_name: str, res: IngestResult) 
                     constants={"pool_name": pool_name})
     db.replace_run_rows(dbf, "quarantine", run_id, res.quarantine_path,
                         constants={"run_id": run_id, "pool_name": pool_name})
+
+
+def count_new_items(dbf: str | Path, pool_name: str, items_path: str | Path) -> int:
+    """How many items of ``items_path`` the pool ``pool_name`` did not hold in
+    ``pool_items`` (all of them the first time); counted inside DuckDB."""
+    with db.connect(dbf) as con:
+        return con.execute("""SELECT count(*) FROM read_parquet(?) n WHERE NOT EXISTS (
+                                  SELECT 1 FROM pool_items p
+                                  WHERE p.pool_name = ? AND p.item_id = n.item_id)""",
+                           [str(items_path), pool_name]).fetchone()[0]
 
 
 def read_targets(path: str | Path) -> list[str]:

@@ -785,14 +785,7 @@ def build_sample(
 
     result = dict(summary)
     result["out"] = str(out.resolve())
-    result["paths"] = {
-        "pile": [str((out / n).resolve()) for n in _PILE_FILES],
-        "pile_dir": str((out / "pile").resolve()),
-        "queries": str((out / _QUERIES).resolve()),
-        "pool": str((out / _POOL).resolve()),
-        "pool_references": str((out / _REFS).resolve()),
-        "summary": str((out / _SUMMARY).resolve()),
-    }
+    result["paths"] = sample_paths(out)
     result["build_seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
         "sample: %d docs %s, ~%d chunks, %d queries, %d pool items -> %s (%.1f s)",
@@ -805,6 +798,30 @@ def build_sample(
         result["build_seconds"],
     )
     return result
+
+
+def sample_paths(out: str | Path) -> dict:
+    """Absolute paths of a sample's files by role (pile files, pile_dir, queries, pool,
+    pool_references, summary)."""
+    out = Path(out)
+    return {
+        "pile": [str((out / n).resolve()) for n in _PILE_FILES],
+        "pile_dir": str((out / "pile").resolve()),
+        "queries": str((out / _QUERIES).resolve()),
+        "pool": str((out / _POOL).resolve()),
+        "pool_references": str((out / _REFS).resolve()),
+        "summary": str((out / _SUMMARY).resolve()),
+    }
+
+
+def read_sample(out: str | Path) -> dict | None:
+    """The paths of a complete sample in ``out`` (its ``sample.json`` is written last),
+    or None when there is none; a sample whose files are missing counts as none."""
+    paths = sample_paths(out)
+    if not Path(paths["summary"]).is_file():
+        return None
+    files = [*paths["pile"], paths["queries"], paths["pool"], paths["pool_references"]]
+    return paths if all(Path(f).is_file() for f in files) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
