@@ -453,15 +453,48 @@ def handoff(
                                             "<workspace>/handoff)")] = None,
     strategy: Annotated[str | None, typer.Option(help="Which strategy's selection (needed "
                                                  "when the run compared several)")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing handoff folder")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Files: replace an existing handoff folder. Label Studio: delete this run's "
+        "tasks nobody annotated yet and import them anew (annotated tasks are kept)")]
+    = False,
+    to: Annotated[str, typer.Option(
+        help="files (default), or label-studio: import the batches into a Label Studio "
+        "project (token from $LABEL_STUDIO_API_KEY, a personal access token)")] = "files",
+    url: Annotated[str | None, typer.Option(
+        envvar="LABEL_STUDIO_URL", help="Label Studio server, e.g. http://127.0.0.1:8080 "
+        "(default: $LABEL_STUDIO_URL)")] = None,
+    project: Annotated[str | None, typer.Option(
+        help="Label Studio project title, created with the instruction -> response config "
+        "when missing (default: 'sift-curate <pool>')")] = None,
     workspace: Workspace = None,
 ) -> None:
-    """Write a rank run's selection as annotation files, one per batch, plus a manifest."""
+    """Hand a rank run's selection to annotators: files (one per batch, plus a manifest) or
+    a Label Studio project (one import per batch; reruns import nothing twice)."""
     ws = _setup(workspace)
     from flows.handoff import handoff_flow
 
     _show(handoff_flow(run=run, format=format, out=out, strategy=strategy, force=force,
-                       workspace=ws))
+                       workspace=ws, to=to, url=url, project=project))
+
+
+@app.command()
+def collect(
+    run: Annotated[str | None, typer.Option(help="Rank run whose Label Studio handoff to "
+                                            "collect")] = None,
+    project: Annotated[str | None, typer.Option(help="Or: a Label Studio project title "
+                                                "handed off to before")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="Label Studio server (default: the one recorded at handoff)")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Pull completed Label Studio annotations into DuckDB `annotations` (edited ones
+    replace, deleted ones are marked); budgets and the next rank count them."""
+    if not (run or project):
+        raise typer.BadParameter("give --run or --project")
+    ws = _setup(workspace)
+    from flows.collect import collect_flow
+
+    _show(collect_flow(run=run, project=project, url=url, workspace=ws))
 
 
 @app.command("curation-run")

@@ -27,6 +27,7 @@ from sift_ops.generation import SCORE_KEYS
 from sift_ops.pool_strategies import STRATEGIES, needs_embeddings, needs_lm, rank_items
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
 from tasks import artifacts, db
+from tasks.annotations import annotated_items
 from tasks.lm_scoring import embed_pool, score_pool
 from tasks.pool import (
     IngestResult,
@@ -253,6 +254,21 @@ def rank_flow(
         items = read_item_columns(parquet)
         n = items.num_rows
         labeled = items.column("labeled").to_numpy(zero_copy_only=False).astype(bool)
+        # annotations collected from Label Studio make their items labelled too: never
+        # selected again, and already-chosen context for the diversity strategies and SIFT
+        annotated = annotated_items(dbf, pool_name)
+        n_annotated = 0
+        if annotated:
+            ann = pc.is_in(items.column("item_id"),
+                           value_set=pa.array(annotated, pa.string())).to_numpy(
+                               zero_copy_only=False).astype(bool)
+            n_annotated = int((ann & ~labeled).sum())
+            labeled = labeled | ann
+            logger.info("%d items of pool %s annotated in Label Studio (collected) count as "
+                        "labelled", n_annotated, pool_name)
+            if labeled.all():
+                raise ValueError(f"pool {pool!r} has no unlabelled items left to rank "
+                                 f"({n_annotated} annotated, {p.n_labeled} labelled)")
         unlabeled = ~labeled
         groups = np.asarray(items.column("source").to_pylist(), dtype=object)
         given_cost = items.column("cost").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -346,7 +362,7 @@ def rank_flow(
                                           f"{allocation} allocation", unit))
         rec.summary = {
             "pool_rows": p.n_rows, "items": n, "new_items": p.n_new,
-            "labeled": int(labeled.sum()),
+            "labeled": int(labeled.sum()), "annotated": n_annotated,
             "lm_scored": lm_stats.get("scored", 0), "lm_cached": lm_stats.get("cached", 0),
             "prompts_embedded": emb_stats.get("embedded", 0),
             "duplicates": p.n_duplicates, "quarantined": p.n_quarantined,
@@ -378,7 +394,8 @@ def _artifact(rid: str, pool_name: str, budget: float, unit: str, allocation: st
         f"# Annotation ranking `{rid}`\n\n"
         f"Pool `{pool_name}`: {summary['pool_rows']} rows -> {summary['items']} items "
         f"(**{summary['new_items']} new** since the last rank, {summary['labeled']} already "
-        f"labelled, {summary['duplicates']} duplicates "
+        f"labelled of which {summary['annotated']} annotated in Label Studio, "
+        f"{summary['duplicates']} duplicates "
         f"collapsed, **{summary['quarantined']} quarantined**).\n\n"
         f"Budget **{budget:g} {unit}**, {allocation} allocation across sources.\n\n"
         + lm_line + "\n"

@@ -84,6 +84,20 @@ CREATE TABLE IF NOT EXISTS quarantine (
     run_id VARCHAR NOT NULL, pool_name VARCHAR NOT NULL, file VARCHAR, line BIGINT,
     reason VARCHAR, raw VARCHAR
 );
+-- the annotation loop: tasks pushed to Label Studio, annotations collected back
+CREATE TABLE IF NOT EXISTS labelstudio_tasks (
+    run_id VARCHAR NOT NULL, pool_name VARCHAR NOT NULL, strategy VARCHAR NOT NULL,
+    item_id VARCHAR NOT NULL, batch INTEGER, url VARCHAR NOT NULL, project VARCHAR,
+    project_id BIGINT NOT NULL, task_id BIGINT NOT NULL, status VARCHAR NOT NULL,
+    imported_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS annotations (
+    run_id VARCHAR NOT NULL, item_id VARCHAR NOT NULL, project VARCHAR, task_id BIGINT,
+    annotator VARCHAR, response VARCHAR, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ,
+    pool_name VARCHAR, strategy VARCHAR, url VARCHAR, project_id BIGINT,
+    annotation_id BIGINT, status VARCHAR NOT NULL, collected_at TIMESTAMPTZ,
+    deleted_at TIMESTAMPTZ
+);
 -- the latest completed run of each (pool, strategy), with the item text
 CREATE OR REPLACE VIEW selected_for_annotation AS
 WITH latest AS (
@@ -100,13 +114,29 @@ JOIN selections s ON s.run_id = l.run_id AND s.pool_name = l.pool_name
                  AND s.strategy = l.strategy
 JOIN pool_items p ON p.pool_name = s.pool_name AND p.item_id = s.item_id
 WHERE l.rn = 1;
--- per run, strategy and group: budget, allocation, spend, items
+-- per run, strategy and group: budget, allocation, spend (what the selection costs),
+-- items, and what annotators have done so far (items with a submitted, non-empty
+-- response in `annotations`, and their cost in the budget's unit)
 CREATE OR REPLACE VIEW budget_summary AS
+WITH done AS (
+    SELECT DISTINCT run_id, strategy, item_id FROM annotations WHERE status = 'submitted'),
+annotated AS (
+    SELECT s.run_id, s.pool_name, s.strategy, s.grp, count(*) AS n_annotated,
+           sum(s.cost) AS annotated_spent
+    FROM selections s
+    JOIN done d ON d.run_id = s.run_id AND d.strategy = s.strategy AND d.item_id = s.item_id
+    GROUP BY ALL)
 SELECT b.run_id, b.pool_name, b.strategy, b.grp, b.unit, b.total, b.allocated, b.spent,
        b.n_items, b.n_selected,
        b.spent / NULLIF(b.allocated, 0) AS spent_fraction,
+       coalesce(a.n_annotated, 0) AS n_annotated,
+       coalesce(a.annotated_spent, 0) AS annotated_spent,
+       coalesce(a.annotated_spent, 0) / NULLIF(b.allocated, 0) AS annotated_fraction,
        r.finished_at
-FROM budgets b LEFT JOIN runs r ON r.run_id = b.run_id;
+FROM budgets b LEFT JOIN runs r ON r.run_id = b.run_id
+LEFT JOIN annotated a ON a.run_id = b.run_id AND a.pool_name = b.pool_name
+                     AND a.strategy IS NOT DISTINCT FROM b.strategy
+                     AND a.grp IS NOT DISTINCT FROM b.grp;
 """
 
 RUN_TABLES = ("test_time_selections", "item_scores", "budgets", "selections", "handoffs",
