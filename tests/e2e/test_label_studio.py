@@ -1,0 +1,239 @@
+"""The annotation loop with a real Label Studio, through the installed CLI, once:
+
+rank a pool -> ``handoff --to label-studio`` (twice: nothing imported twice) -> an annotator
+(signed up through an invite link) answers in Label Studio's API as the browser would, one
+answer empty -> ``collect`` -> edits one answer, deletes another, an admin deletes a task ->
+``collect`` again (upsert, marks) -> budget_summary counts the annotated items -> a re-rank of
+the same pool never picks them and uses them as already-chosen context -> faults (wrong
+token, server unreachable, a project with another config, an unknown run) fail clearly and
+leave DuckDB as it was.
+
+Label Studio is installed into its own virtual environment, cached per version (see
+tests/e2e/label_studio.py); the test is skipped, saying why, only when it cannot be
+installed. The server runs on a free loopback port with a fresh data folder and is stopped
+by its process group.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import db
+from tasks.sample import build_sample
+from tests.e2e import label_studio as lsx
+from tests.e2e.procs import CLI, clean_env, free_port, stop
+
+pytestmark = pytest.mark.e2e
+
+ADMIN, ADMIN_PW = "curator@example.com", "curator-pw-1"
+ANNOTATOR, ANNOTATOR_PW = "annotator@example.com", "annotator-pw-1"
+BUDGET, BATCH = 8, 4
+STRATEGIES = ("k_center", "sift")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    t0 = time.monotonic()
+    try:
+        exe = lsx.install()
+    except RuntimeError as err:
+        pytest.skip(f"Label Studio {lsx.VERSION} cannot be installed here: {err}")
+    installed_s = time.monotonic() - t0
+    root = tmp_path_factory.mktemp("label-studio")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = root / "label-studio.log"
+    proc = lsx.start(exe, root / "data", port, ADMIN, ADMIN_PW, log)
+    try:
+        healthy_s = lsx.wait_healthy(url, proc, log)
+        print(f"\nlabel-studio {lsx.VERSION}: install/cache {installed_s:.1f} s, healthy in "
+              f"{healthy_s:.1f} s at {url}")
+        yield {"url": url, "proc": proc, "log": log}
+    finally:
+        stop(proc)
+    assert proc.poll() is not None
+
+
+def _cli(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _result(res: subprocess.CompletedProcess) -> dict:
+    """The JSON summary the CLI prints last on stderr."""
+    text = res.stderr
+    return json.loads(text[text.rindex("\n{") + 1:] if "\n{" in text else text[text.index("{"):])
+
+
+def _ls(session, method: str, path: str, **kw):
+    """An API call with a logged-in browser session (cookie + CSRF header)."""
+    r = session.request(method, path, headers={"X-CSRFToken": session.cookies.get("csrftoken")},
+                        **kw)
+    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text[:300]}"
+    return r.json() if r.content else None
+
+
+def _answer(text: str) -> list[dict]:
+    return [{"from_name": "response", "to_name": "instruction", "type": "textarea",
+             "value": {"text": [text]}}]
+
+
+def _db_state(dbf: Path) -> dict:
+    return {t: db.query(dbf, f"SELECT * FROM {t} ORDER BY ALL")
+            for t in ("annotations", "labelstudio_tasks", "selections", "handoffs")}
+
+
+def test_annotation_loop(server, tmp_path):
+    url = server["url"]
+    ws = tmp_path / "ws"
+    pool = build_sample(tmp_path / "s", n_docs=40, n_queries=4, pool_size=40)["paths"]["pool"]
+    admin = lsx.login(url, ADMIN, ADMIN_PW)
+    env = clean_env(ws, ws / ".prefect", LABEL_STUDIO_API_KEY=lsx.personal_access_token(admin))
+    dbf = ws / "curation.duckdb"
+    rank = ["rank", "--pool", pool, "--pool-name", "p", "--budget", str(BUDGET),
+            "--batch-size", str(BATCH), *[a for s in STRATEGIES for a in ("--strategy", s)]]
+    _cli([*rank, "--run-id", "r1"], env)
+
+    # -- handoff: a project with the instruction -> response config, one import per batch
+    handoff = ["handoff", "--run", "r1", "--strategy", "sift", "--to", "label-studio",
+               "--url", url]
+    first = _result(_cli(handoff, env))
+    print("handoff:", json.dumps({k: first[k] for k in ("project", "project_id", "created",
+                                                        "imported", "n_batches")}))
+    assert first["created"] and first["imported"] == BUDGET and first["n_batches"] == 2
+    again = _result(_cli(handoff, env))
+    assert again["imported"] == 0 and again["already_imported"] == BUDGET
+    pid = first["project_id"]
+    tasks = _ls(admin, "GET", "/api/tasks/", params={"project": pid, "page_size": 100})
+    assert tasks["total"] == BUDGET  # nothing imported twice
+    recorded = db.query(dbf, "SELECT item_id, task_id, batch FROM labelstudio_tasks "
+                             "WHERE run_id = 'r1' ORDER BY task_id")
+    by_task = {t["id"]: t["data"] for t in tasks["tasks"]}
+    assert sorted(by_task) == [r[1] for r in recorded]
+    assert all(by_task[t]["item_id"] == i and by_task[t]["batch"] == b for i, t, b in recorded)
+    assert {"instruction", "input", "priority", "rank", "strategy"} <= set(by_task[recorded[0][1]])
+
+    # -- an annotator answers five tasks in rank order, one with an empty response
+    annotator = lsx.sign_up_annotator(admin, ANNOTATOR, ANNOTATOR_PW)
+    order = sorted(by_task, key=lambda t: by_task[t]["rank"])
+    answers = {order[0]: "Answer one.", order[1]: "Answer two.", order[2]: "Answer three.",
+               order[3]: "   ", order[4]: "A first draft."}
+    ann_ids = {t: _ls(annotator, "POST", f"/api/tasks/{t}/annotations/",
+                      params={"project": pid}, json={"result": _answer(a)})["id"]
+               for t, a in answers.items()}
+    c1 = _result(_cli(["collect", "--run", "r1"], env))
+    print("collect 1:", json.dumps({k: c1[k] for k in ("annotations", "submitted", "empty",
+                                                       "new", "updated", "deleted")}))
+    assert (c1["annotations"], c1["submitted"], c1["empty"], c1["new"]) == (5, 4, 1, 5)
+
+    # -- edit one answer, delete another, the admin deletes a task nobody answered
+    _ls(annotator, "PATCH", f"/api/annotations/{ann_ids[order[4]]}/",
+        json={"result": _answer("The final answer.")})
+    _ls(annotator, "DELETE", f"/api/annotations/{ann_ids[order[2]]}/")
+    _ls(admin, "DELETE", f"/api/tasks/{order[5]}/")
+    c2 = _result(_cli(["collect", "--project", first["project"]], env))
+    print("collect 2:", json.dumps({k: c2[k] for k in ("annotations", "submitted", "new",
+                                                       "updated", "unchanged", "deleted",
+                                                       "tasks_deleted")}))
+    assert (c2["new"], c2["updated"], c2["unchanged"], c2["deleted"], c2["tasks_deleted"]) \
+        == (0, 1, 3, 1, 1)
+    rows = db.query(dbf, "SELECT task_id, annotator, status, response FROM annotations "
+                         "ORDER BY task_id")
+    assert rows == [(order[0], ANNOTATOR, "submitted", "Answer one."),
+                    (order[1], ANNOTATOR, "submitted", "Answer two."),
+                    (order[2], ANNOTATOR, "deleted", "Answer three."),  # kept, marked
+                    (order[3], ANNOTATOR, "empty", "   "),
+                    (order[4], ANNOTATOR, "submitted", "The final answer.")]
+    assert db.query(dbf, "SELECT status FROM labelstudio_tasks WHERE task_id = ?",
+                    [order[5]]) == [("deleted",)]
+    again = _result(_cli(["collect", "--run", "r1"], env))
+    assert (again["new"], again["updated"], again["deleted"]) == (0, 0, 0)
+    done = {by_task[t]["item_id"] for t in (order[0], order[1], order[4])}
+
+    # -- budgets: annotated items per group, in the budget's unit
+    summary = db.query(dbf, "SELECT grp, allocated, spent, n_annotated, annotated_spent "
+                            "FROM budget_summary WHERE run_id = 'r1' AND strategy = 'sift' "
+                            "ORDER BY grp")
+    print("budget_summary r1/sift:", summary)
+    assert sum(r[3] for r in summary) == 3 and sum(r[4] for r in summary) == 3.0
+    assert db.query(dbf, "SELECT sum(n_annotated) FROM budget_summary WHERE strategy = "
+                         "'k_center'") == [(0,)]  # only the strategy handed off counts
+
+    # -- re-rank: annotated items are labelled, never picked, and context for the picks
+    r2 = _result(_cli([*rank, "--run-id", "r2"], env))
+    assert r2["annotated"] == 3 and r2["labeled"] == 3
+    for s in STRATEGIES:
+        picked = {r[0] for r in db.query(dbf, "SELECT item_id FROM selections WHERE run_id = "
+                                              "'r2' AND strategy = ?", [s])}
+        assert len(picked) == BUDGET and not picked & done, s
+    _check_context(ws, dbf, done)
+
+    # -- faults: each a clear error, and the database as it was
+    state = _db_state(dbf)
+    bad = _cli(["collect", "--run", "r1"], {**env, "LABEL_STUDIO_API_KEY": "not-a-token"},
+               ok=False)
+    assert bad.returncode == 1 and "refused the legacy token" in bad.stderr
+    forged = env["LABEL_STUDIO_API_KEY"][:-4] + "AAAA"
+    bad = _cli(["collect", "--run", "r1"], {**env, "LABEL_STUDIO_API_KEY": forged}, ok=False)
+    assert "refused the personal access token" in bad.stderr
+    bad = _cli(["collect", "--run", "r1", "--url", f"http://127.0.0.1:{free_port()}"], env,
+               ok=False)
+    assert "cannot reach Label Studio at" in bad.stderr
+    _ls(admin, "POST", "/api/projects/", json={
+        "title": "other config", "label_config": '<View><Text name="t" value="$text"/>'
+        '<Choices name="c" toName="t"><Choice value="a"/></Choices></View>'})
+    bad = _cli([*handoff, "--project", "other config"], env, ok=False)
+    assert "does not fit instruction -> response" in bad.stderr
+    bad = _cli(["collect", "--run", "nope"], env, ok=False)
+    assert "no run 'nope'" in bad.stderr
+    bad = _cli(["handoff", "--run", "nope", "--to", "label-studio", "--url", url], env,
+               ok=False)
+    assert "no run 'nope'" in bad.stderr
+    assert _db_state(dbf) == state
+
+    # -- --force: tasks nobody annotated are replaced, annotated ones kept
+    forced = _result(_cli([*handoff, "--force"], env))
+    # kept: the four tasks with an annotation (the empty one too); replaced: the three
+    # without; imported: those three and the task the admin deleted
+    assert (forced["replaced"], forced["kept_annotated"], forced["imported"]) == (3, 4, 4)
+    total = _ls(admin, "GET", "/api/tasks/", params={"project": pid, "page_size": 1})["total"]
+    assert total == BUDGET  # the deleted task is back (forced), nothing doubled
+    assert db.query(dbf, "SELECT count(*), count(DISTINCT item_id) FROM labelstudio_tasks "
+                         "WHERE run_id = 'r1' AND status = 'imported'") == [(BUDGET, BUDGET)]
+    assert db.query(dbf, "SELECT count(*) FROM annotations WHERE status = 'submitted'") \
+        == [(3,)]
+
+
+def _check_context(ws: Path, dbf: Path, done: set[str]) -> None:
+    """r2's picks are those of rank_items with the annotated items as labelled context, and
+    differ from a ranking that merely drops them from the pool."""
+    from sift_ops.pool_strategies import rank_items
+    from tasks.pool import read_item_columns
+
+    items = read_item_columns(ws / "pools" / "p" / "items.parquet")
+    ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)
+    groups = np.asarray(items.column("source").to_pylist(), dtype=object)
+    cache = pq.read_table(sorted((ws / "pools" / "p" / "cache").glob("embedding-*.parquet")))
+    pos = pc.index_in(items.column("item_id"), value_set=cache.column("item_id")).to_numpy()
+    emb = np.stack(cache.column("embedding").to_numpy(zero_copy_only=False))[pos]
+    emb = emb.astype(np.float32)
+    labeled = np.isin(ids, list(done))
+    keep = ~labeled
+    for s in STRATEGIES:
+        got = [r[0] for r in db.query(dbf, "SELECT item_id FROM selections WHERE run_id = 'r2' "
+                                           "AND strategy = ? ORDER BY rank", [s])]
+        with_context = rank_items(s, emb, None, None, groups, BUDGET, labeled=labeled,
+                                  batch_size=BATCH)
+        dropped = rank_items(s, emb[keep], None, None, groups[keep], BUDGET, batch_size=BATCH)
+        assert list(ids[with_context.index]) == got, s
+        assert list(ids[keep][dropped.index]) != got, s
