@@ -542,6 +542,16 @@ def curation_run(
         help="Input lines per embedding shard (default 250 for the sample, 2000 "
         "otherwise; fixed for a corpus)")] = None,
     ray_address: RayAddress = None,
+    handoff_to: Annotated[str | None, typer.Option(
+        help="files (default) or label-studio (token from $LABEL_STUDIO_API_KEY)")] = None,
+    label_studio_url: Annotated[str | None, typer.Option(
+        help="Label Studio server (default: $LABEL_STUDIO_URL)")] = None,
+    label_studio_project: Annotated[str | None, typer.Option(
+        help="Label Studio project title (default: 'sift-curate <pool name>')")] = None,
+    collect_first: Annotated[bool | None, typer.Option(
+        "--collect-first/--no-collect-first",
+        help="Collect Label Studio annotations of this pool before ranking (default: no)")]
+    = None,
     workspace: Workspace = None,
 ) -> None:
     """The scheduled curation job once: embed new shards, index new vectors, rank the pool
@@ -560,7 +570,9 @@ def curation_run(
              "allocation": allocation, "batch_size": batch_size, "targets": targets,
              "lm": lm, "factory": factory, "memory_budget": memory_budget,
              "target_recall": target_recall, "shard_docs": shard_docs,
-             "ray_address": ray_address}
+             "ray_address": ray_address, "handoff_to": handoff_to,
+             "label_studio_url": label_studio_url,
+             "label_studio_project": label_studio_project, "collect_first": collect_first}
     params = validate_job({**base, **{k: v for k, v in given.items() if v is not None}},
                           "options").model_dump()
     _show(curation_run_flow(**params, workspace=ws))

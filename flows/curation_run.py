@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.collect import collect_flow
 from flows.embed import embed_flow
 from flows.handoff import handoff_flow
 from flows.index import index_flow
@@ -25,6 +26,7 @@ from flows.jobs import (
     Allocation,
     CurationJob,
     HandoffFormat,
+    HandoffTo,
     Strategy,
     Unit,
     validate_job,
@@ -58,6 +60,10 @@ def curation_run_flow(
     target_recall: float = _D.target_recall,
     shard_docs: int | None = _D.shard_docs,
     ray_address: str | None = _D.ray_address,
+    handoff_to: HandoffTo = _D.handoff_to,
+    label_studio_url: str | None = _D.label_studio_url,
+    label_studio_project: str | None = _D.label_studio_project,
+    collect_first: bool = _D.collect_first,
     workspace: str | None = None,
 ) -> dict:
     """Curate one job (see :class:`flows.jobs.CurationJob` for every parameter): embed
@@ -81,20 +87,33 @@ def curation_run_flow(
     indexed = index_flow(name=job.corpus_name, workspace=ws, factory=job.factory,
                          memory_budget=job.memory_budget, target_recall=job.target_recall,
                          ray_address=job.ray_address)
+    collected = None
+    if job.collect_first:
+        collected = collect_flow(pool_name=job.pool_name, url=job.label_studio_url,
+                                 workspace=ws, missing_ok=True)
     ranked = rank_flow(pool=pool_in, pool_name=job.pool_name, budget=job.budget,
                        unit=job.unit, strategies=list(job.strategies), targets=job.targets,
                        allocation=job.allocation, batch_size=job.batch_size, lm=job.lm,
                        corpus=job.corpus_name, ray_address=job.ray_address, workspace=ws)
-    handed = handoff_flow(run=ranked["run_id"], format=job.handoff_format,
-                          strategy=job.handoff_strategy, force=True, workspace=ws)
+    if job.handoff_to == "label-studio":
+        # a rerun imports nothing twice; no --force: annotators may be at work on the tasks
+        handed = handoff_flow(run=ranked["run_id"], strategy=job.handoff_strategy,
+                              workspace=ws, to="label-studio", url=job.label_studio_url,
+                              project=job.label_studio_project)
+    else:
+        handed = handoff_flow(run=ranked["run_id"], format=job.handoff_format,
+                              strategy=job.handoff_strategy, force=True, workspace=ws)
     new = {"shards": embedded["shards_written"], "vectors": indexed["new_vectors"],
            "pool_items": ranked["new_items"], "lm_scored": ranked.get("lm_scored", 0),
            "prompts_embedded": ranked.get("prompts_embedded", 0)}
     logger.info("new since the last run: %d shards, %d vectors, %d pool items (%d LM-scored, "
                 "%d prompts embedded)", new["shards"], new["vectors"], new["pool_items"],
                 new["lm_scored"], new["prompts_embedded"])
+    new["annotated"] = ranked.get("annotated", 0)
     result = {"embed_run": embedded["run_id"], "index_run": indexed["run_id"],
               "rank_run": ranked["run_id"], "new": new, "handoff": handed}
+    if collected is not None:
+        result["collected"] = {k: v for k, v in collected.items() if k != "projects"}
     _artifact(job, embedded, indexed, ranked, handed, new)
     return result
 
@@ -118,15 +137,19 @@ def _artifact(job: CurationJob, embedded: dict, indexed: dict, ranked: dict, han
          "total": f"{indexed['n_vectors']} vectors"},
         {"step": "rank", "run": ranked["run_id"], "new": f"{new['pool_items']} pool items",
          "total": f"{ranked['items']} items"},
-        {"step": "handoff", "run": ranked["run_id"], "new": "replaced",
-         "total": f"{handed['n_items']} items in {handed['n_batches']} file(s)"},
+        {"step": "handoff", "run": ranked["run_id"],
+         "new": (f"{handed['imported']} tasks imported" if job.handoff_to == "label-studio"
+                 else "replaced"),
+         "total": f"{handed['n_items']} items in {handed['n_batches']} "
+                  + ("batch(es)" if job.handoff_to == "label-studio" else "file(s)")},
     ]
     artifacts.markdown(
         "curation-run",
         f"# Curation run: `{job.corpus_name}` / `{job.pool_name}`\n\n"
         f"Ranked with {', '.join(job.strategies)} under {job.budget:g} {job.unit}; "
-        f"`{job.handoff_strategy}` handed off as {job.handoff_format} to "
-        f"`{handed['folder']}`.\n\n" + artifacts.md_table(rows)
+        f"`{job.handoff_strategy}` handed off to "
+        f"`{handed.get('folder') or handed.get('project_url')}`; {new['annotated']} items "
+        "annotated in Label Studio counted as labelled.\n\n" + artifacts.md_table(rows)
         + f"\n\nLM scored {new['lm_scored']} items and {new['prompts_embedded']} prompts "
         "were embedded (the others came from the pool's cache).\n",
         description="curation run: what was new",

@@ -48,6 +48,7 @@ Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 Unit = Literal["items", "tokens"]
 Allocation = Literal[ALLOCATIONS]  # type: ignore[valid-type]
 HandoffFormat = Literal["labelstudio", "jsonl", "csv"]
+HandoffTo = Literal["files", "label-studio"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as tasks.workspace.check_name
 
 
@@ -98,6 +99,17 @@ class CurationJob(BaseModel):
                                    f"{DEFAULT_SHARD_DOCS} otherwise (fixed for a corpus)")
     ray_address: str | None = Field(None, description="Ray cluster; default: $RAY_ADDRESS "
                                     "or a local Ray")
+    handoff_to: HandoffTo = Field("files", description="files (handoff_format, under "
+                                  "<workspace>/handoff) or label-studio (a project there; "
+                                  "token from $LABEL_STUDIO_API_KEY)")
+    label_studio_url: str | None = Field(None, description="Label Studio server; default: "
+                                         "$LABEL_STUDIO_URL")
+    label_studio_project: str | None = Field(None, min_length=3, max_length=50,
+                                             description="Label Studio project title; "
+                                             "default: 'sift-curate <pool_name>'")
+    collect_first: bool = Field(False, description="before ranking, collect the annotations "
+                                "of every Label Studio project this pool was handed off to, "
+                                "so the ranking treats annotated items as labelled")
 
     @field_validator("strategies")
     @classmethod

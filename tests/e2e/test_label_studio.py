@@ -71,8 +71,8 @@ def _cli(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedPro
 
 def _result(res: subprocess.CompletedProcess) -> dict:
     """The JSON summary the CLI prints last on stderr."""
-    text = res.stderr
-    return json.loads(text[text.rindex("\n{") + 1:] if "\n{" in text else text[text.index("{"):])
+    text = "\n" + res.stderr
+    return json.JSONDecoder().raw_decode(text, text.rindex("\n{") + 1)[0]
 
 
 def _ls(session, method: str, path: str, **kw):
