@@ -38,3 +38,31 @@ def local_ray():
     ensure_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+_BACKGROUND: list = []
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """When the Label Studio test is selected and its cached install is missing, start the
+    install now, in the background: it overlaps the tests that run before it (the test
+    waits for it on the cache's lock)."""
+    if any(i.nodeid.startswith("tests/e2e/test_label_studio.py") for i in items):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from tests.e2e import label_studio
+
+        if label_studio.installed() is None:
+            _BACKGROUND.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.e2e.label_studio"],
+                cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests.e2e.procs import stop
+
+    for proc in _BACKGROUND:  # an install still running (the test was deselected, failed)
+        stop(proc)
