@@ -347,7 +347,7 @@ def collect_project(ls, dbf: str | Path, project_id: int, project: str, *,
     try:
         proj = ls.project(project_id)
     except LabelStudioError as err:
-        if " 404" in str(err):
+        if err.status == 404:
             raise LabelStudioError(f"project {project!r} (id {project_id}) no longer exists "
                                    f"at {ls.url}; nothing was changed in the database") from err
         raise

@@ -47,7 +47,12 @@ TASK_FIELDS = ("instruction", "input", "item_id", "pool_name", "run_id", "strate
 
 
 class LabelStudioError(RuntimeError):
-    """Label Studio refused or could not be reached; the message says what to do."""
+    """Label Studio refused or could not be reached; the message says what to do.
+    ``status``: the HTTP status when the server answered (None otherwise)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _httpx():
@@ -191,10 +196,12 @@ class LabelStudio:
             kind = "personal access token" if self._kind else "legacy token"
             raise LabelStudioError(
                 f"Label Studio at {self.url} refused the {kind} in {TOKEN_ENV} "
-                f"({resp.status_code} on {method} {path}: {self._detail(resp)})")
+                f"({resp.status_code} on {method} {path}: {self._detail(resp)})",
+                resp.status_code)
         if resp.status_code not in ok:
             raise LabelStudioError(f"Label Studio at {self.url}: {method} {path} answered "
-                                   f"{resp.status_code}: {self._detail(resp)}")
+                                   f"{resp.status_code}: {self._detail(resp)}",
+                                   resp.status_code)
         if not resp.content:
             return None
         try:
