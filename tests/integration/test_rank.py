@@ -274,3 +274,37 @@ def test_lm_stage_streams_results_in_blocks_of_about_rows_per_call(ws, ranked):
                               progress=calls.append)
     assert table.num_rows == sum(calls) == n_unlabelled > 40
     assert len(calls) >= 3, calls  # ~60 items: blocks of >= 16 KiB (~20 rows), not one block
+
+
+def test_collected_annotations_make_items_labelled_for_the_next_rank(ws, ranked):
+    """Rows in ``annotations`` (what `collect` writes) for two of a run's picks: the next
+    rank of the pool never picks them, counts them as labelled context, and budget_summary
+    counts them as annotated for the run they came from. An empty answer does neither."""
+    from flows.rank import rank_flow
+    from tasks.annotations import apply_collect, record_tasks
+
+    kw = dict(pool=ws.pool, pool_name="annotated", budget=6, strategies=["k_center"],
+              workspace=ws.root)
+    rank_flow(**kw, run_id="ann-1")
+    picks = [r[0] for r in db.query(ws.db, "SELECT item_id FROM selections WHERE run_id = "
+                                           "'ann-1' ORDER BY rank")]
+    url = "http://ls.invalid"
+    record_tasks(ws.db, url, "proj", 1, "ann-1", "k_center",
+                 [{"item_id": i, "pool_name": "annotated", "batch": 1, "task_id": n}
+                  for n, i in enumerate(picks)])
+    rows = [{"run_id": "ann-1", "item_id": picks[n], "project": "proj", "task_id": n,
+             "annotator": "a", "response": text, "created_at": None, "updated_at": None,
+             "pool_name": "annotated", "strategy": "k_center", "url": url, "project_id": 1,
+             "annotation_id": n, "status": status}
+            for n, (text, status) in enumerate([("one", "submitted"), ("two", "submitted"),
+                                                 ("", "empty")])]
+    apply_collect(ws.db, url, 1, rows, list(range(len(picks))))
+    assert db.query(ws.db, "SELECT sum(n_annotated), sum(annotated_spent) FROM budget_summary "
+                           "WHERE run_id = 'ann-1'") == [(2, 2.0)]
+    res = rank_flow(**kw, run_id="ann-2")
+    assert res["annotated"] == 2 and res["labeled"] == 2 + 1  # + the pool's own output
+    again = [r[0] for r in db.query(ws.db, "SELECT item_id FROM selections WHERE run_id = "
+                                           "'ann-2' ORDER BY rank")]
+    assert len(again) == 6 and not set(again) & set(picks[:2])
+    assert db.query(ws.db, "SELECT sum(n_items) FROM budgets WHERE run_id = 'ann-2'") == [
+        (db.query(ws.db, "SELECT sum(n_items) FROM budgets WHERE run_id = 'ann-1'")[0][0] - 2,)]
