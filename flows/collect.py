@@ -65,9 +65,9 @@ def collect_flow(
                     res["empty"], res["skipped"], res["new"], res["updated"],
                     res["unchanged"], res["deleted"], res["tasks_deleted"],
                     res["foreign_tasks"])
-    total = {k: sum(r[k] for r in results) for k in ("annotations", "submitted", "empty",
-                                                    "skipped", "new", "updated", "deleted",
-                                                    "tasks_deleted")}
+    total = {k: sum(r[k] for r in results) for k in (
+        "tasks", "annotations", "submitted", "empty", "skipped", "new", "updated",
+        "unchanged", "deleted", "tasks_deleted", "foreign_tasks")}
     artifacts.markdown(
         "collect", f"# Annotations collected ({what})\n\n" + artifacts.md_table(
             [{k: r[k] for k in ("project", "project_id", "tasks", "submitted", "empty",

@@ -6,7 +6,10 @@ answer empty -> ``collect`` -> edits one answer, deletes another, an admin delet
 ``collect`` again (upsert, marks) -> budget_summary counts the annotated items -> a re-rank of
 the same pool never picks them and uses them as already-chosen context -> faults (wrong
 token, server unreachable, a project with another config, an unknown run) fail clearly and
-leave DuckDB as it was.
+leave DuckDB as it was -> ``--force`` replaces what nobody annotated.
+
+The main path runs through the installed CLI; the reruns, faults and ``--force`` call the
+same flows in this process (one Prefect start instead of one per command, for CI's time).
 
 Label Studio is installed into its own virtual environment, cached per version (see
 tests/e2e/label_studio.py); the test is skipped, saying why, only when it cannot be
@@ -52,18 +55,20 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     log = root / "label-studio.log"
     proc = lsx.start(exe, root / "data", port, ADMIN, ADMIN_PW, log)
+    print(f"\nlabel-studio {lsx.VERSION}: install/cache {installed_s:.1f} s, starting at {url}")
     try:
-        healthy_s = lsx.wait_healthy(url, proc, log)
-        print(f"\nlabel-studio {lsx.VERSION}: install/cache {installed_s:.1f} s, healthy in "
-              f"{healthy_s:.1f} s at {url}")
-        yield {"url": url, "proc": proc, "log": log}
+        # not waited for here: the test ranks while the server migrates its database
+        yield {"url": url, "proc": proc, "log": log, "started": time.monotonic()}
     finally:
         stop(proc)
     assert proc.poll() is not None
 
 
 def _cli(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
+    t0 = time.monotonic()
     res = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+    print(f"  sift-curate {' '.join(args[:3])} ...: rc {res.returncode} in "
+          f"{time.monotonic() - t0:.1f} s")
     if ok:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -93,16 +98,24 @@ def _db_state(dbf: Path) -> dict:
             for t in ("annotations", "labelstudio_tasks", "selections", "handoffs")}
 
 
-def test_annotation_loop(server, tmp_path):
+def test_annotation_loop(server, tmp_path, prefect_harness, monkeypatch):
+    from flows.collect import collect_flow
+    from flows.handoff import handoff_flow
+    from tasks.labelstudio import LabelStudioError
+
     url = server["url"]
     ws = tmp_path / "ws"
     pool = build_sample(tmp_path / "s", n_docs=40, n_queries=4, pool_size=40)["paths"]["pool"]
-    admin = lsx.login(url, ADMIN, ADMIN_PW)
-    env = clean_env(ws, ws / ".prefect", LABEL_STUDIO_API_KEY=lsx.personal_access_token(admin))
+    env = clean_env(ws, ws / ".prefect")
     dbf = ws / "curation.duckdb"
     rank = ["rank", "--pool", pool, "--pool-name", "p", "--budget", str(BUDGET),
             "--batch-size", str(BATCH), *[a for s in STRATEGIES for a in ("--strategy", s)]]
     _cli([*rank, "--run-id", "r1"], env)
+    lsx.wait_healthy(url, server["proc"], server["log"])
+    print(f"label-studio healthy {time.monotonic() - server['started']:.1f} s after its start")
+    admin = lsx.login(url, ADMIN, ADMIN_PW)
+    env["LABEL_STUDIO_API_KEY"] = lsx.personal_access_token(admin)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", env["LABEL_STUDIO_API_KEY"])
 
     # -- handoff: a project with the instruction -> response config, one import per batch
     handoff = ["handoff", "--run", "r1", "--strategy", "sift", "--to", "label-studio",
@@ -111,7 +124,10 @@ def test_annotation_loop(server, tmp_path):
     print("handoff:", json.dumps({k: first[k] for k in ("project", "project_id", "created",
                                                         "imported", "n_batches")}))
     assert first["created"] and first["imported"] == BUDGET and first["n_batches"] == 2
-    again = _result(_cli(handoff, env))
+    # the rerun (in this process from here on: one Prefect start for the rest, not one per
+    # command; the CLI's one-line errors are the exceptions' messages)
+    again = handoff_flow(run="r1", strategy="sift", to="label-studio", url=url,
+                         workspace=str(ws))
     assert again["imported"] == 0 and again["already_imported"] == BUDGET
     pid = first["project_id"]
     tasks = _ls(admin, "GET", "/api/tasks/", params={"project": pid, "page_size": 100})
@@ -156,7 +172,7 @@ def test_annotation_loop(server, tmp_path):
                     (order[4], ANNOTATOR, "submitted", "The final answer.")]
     assert db.query(dbf, "SELECT status FROM labelstudio_tasks WHERE task_id = ?",
                     [order[5]]) == [("deleted",)]
-    again = _result(_cli(["collect", "--run", "r1"], env))
+    again = collect_flow(run="r1", workspace=str(ws))
     assert (again["new"], again["updated"], again["deleted"]) == (0, 0, 0)
     done = {by_task[t]["item_id"] for t in (order[0], order[1], order[4])}
 
@@ -180,29 +196,32 @@ def test_annotation_loop(server, tmp_path):
 
     # -- faults: each a clear error, and the database as it was
     state = _db_state(dbf)
-    bad = _cli(["collect", "--run", "r1"], {**env, "LABEL_STUDIO_API_KEY": "not-a-token"},
-               ok=False)
-    assert bad.returncode == 1 and "refused the legacy token" in bad.stderr
-    forged = env["LABEL_STUDIO_API_KEY"][:-4] + "AAAA"
-    bad = _cli(["collect", "--run", "r1"], {**env, "LABEL_STUDIO_API_KEY": forged}, ok=False)
-    assert "refused the personal access token" in bad.stderr
-    bad = _cli(["collect", "--run", "r1", "--url", f"http://127.0.0.1:{free_port()}"], env,
-               ok=False)
-    assert "cannot reach Label Studio at" in bad.stderr
+    pat = env["LABEL_STUDIO_API_KEY"]
+    for token, message in (("not-a-token", "refused the legacy token"),
+                           (pat[:-4] + "AAAA", "refused the personal access token")):
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
+        with pytest.raises(LabelStudioError, match=message):
+            collect_flow(run="r1", workspace=str(ws))
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", pat)
+    with pytest.raises(LabelStudioError, match="cannot reach Label Studio at"):
+        collect_flow(run="r1", url=f"http://127.0.0.1:{free_port()}", workspace=str(ws))
     _ls(admin, "POST", "/api/projects/", json={
         "title": "other config", "label_config": '<View><Text name="t" value="$text"/>'
         '<Choices name="c" toName="t"><Choice value="a"/></Choices></View>'})
-    bad = _cli([*handoff, "--project", "other config"], env, ok=False)
-    assert "does not fit instruction -> response" in bad.stderr
-    bad = _cli(["collect", "--run", "nope"], env, ok=False)
-    assert "no run 'nope'" in bad.stderr
+    with pytest.raises(LabelStudioError, match="does not fit instruction -> response"):
+        handoff_flow(run="r1", strategy="sift", to="label-studio", url=url,
+                     project="other config", workspace=str(ws))
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        collect_flow(run="nope", workspace=str(ws))
     bad = _cli(["handoff", "--run", "nope", "--to", "label-studio", "--url", url], env,
                ok=False)
-    assert "no run 'nope'" in bad.stderr
+    assert bad.returncode == 1 and any(  # the CLI's one line
+        line.startswith("error: no run 'nope'") for line in bad.stderr.splitlines())
     assert _db_state(dbf) == state
 
     # -- --force: tasks nobody annotated are replaced, annotated ones kept
-    forced = _result(_cli([*handoff, "--force"], env))
+    forced = handoff_flow(run="r1", strategy="sift", to="label-studio", url=url, force=True,
+                          workspace=str(ws))
     # kept: the four tasks with an annotation (the empty one too); replaced: the three
     # without; imported: those three and the task the admin deleted
     assert (forced["replaced"], forced["kept_annotated"], forced["imported"]) == (3, 4, 4)
