@@ -276,7 +276,7 @@ def test_lm_stage_streams_results_in_blocks_of_about_rows_per_call(ws, ranked):
     assert len(calls) >= 3, calls  # ~60 items: blocks of >= 16 KiB (~20 rows), not one block
 
 
-def test_collected_annotations_make_items_labelled_for_the_next_rank(ws, ranked):
+def test_collected_annotations_make_items_labelled_for_the_next_rank(ws):
     """Rows in ``annotations`` (what `collect` writes) for two of a run's picks: the next
     rank of the pool never picks them, counts them as labelled context, and budget_summary
     counts them as annotated for the run they came from. An empty answer does neither."""
