@@ -41,6 +41,7 @@ def build_deployments(cron: str | None = NIGHTLY_CRON, jobs: list[JobSpec] | Non
     deployment per other flow (named as in deployments/prefect.yaml)."""
     from prefect.schedules import Cron
 
+    from flows.collect import collect_flow
     from flows.curation_run import curation_run_flow
     from flows.demo import demo_flow
     from flows.embed import embed_flow
@@ -70,6 +71,7 @@ def build_deployments(cron: str | None = NIGHTLY_CRON, jobs: list[JobSpec] | Non
         select_flow.to_deployment(name="select", parameters=ws, tags=tags),
         rank_flow.to_deployment(name="rank", parameters=ws, tags=tags),
         handoff_flow.to_deployment(name="handoff", parameters=ws, tags=tags),
+        collect_flow.to_deployment(name="collect", parameters=ws, tags=tags),
         *curation,
         demo_flow.to_deployment(name="demo", parameters=ws, tags=tags),
     ]

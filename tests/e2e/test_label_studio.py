@@ -93,6 +93,28 @@ def _answer(text: str) -> list[dict]:
              "value": {"text": [text]}}]
 
 
+def _show(dbf: Path, sql: str) -> list[tuple]:
+    """Print a query and its rows as `sift-curate sql` would (the issue's "must show")."""
+    with db.connect(dbf, read_only=True) as con:
+        cur = con.execute(sql)
+        cols, rows = [d[0] for d in cur.description], cur.fetchall()
+    print(f"\n{sql}\n{db.format_rows(cols, rows)}")
+    return rows
+
+
+ANNOTATED_SQL = """SELECT a.task_id, a.annotator, a.status, left(a.response, 20) AS response, s.grp
+FROM annotations a JOIN selections s USING (run_id, strategy, item_id)
+ORDER BY a.task_id"""
+BUDGET_SQL = """SELECT strategy, grp, allocated, spent, n_annotated, annotated_spent,
+       annotated_fraction
+FROM budget_summary WHERE run_id = 'r1' ORDER BY strategy, grp"""
+RERANK_SQL = """SELECT s.run_id, s.strategy, count(*) AS picked,
+       count(a.item_id) AS annotated_among_picks
+FROM selections s LEFT JOIN (SELECT DISTINCT pool_name, item_id FROM annotations
+                             WHERE status = 'submitted') a USING (pool_name, item_id)
+GROUP BY ALL ORDER BY ALL"""
+
+
 def _db_state(dbf: Path) -> dict:
     return {t: db.query(dbf, f"SELECT * FROM {t} ORDER BY ALL")
             for t in ("annotations", "labelstudio_tasks", "selections", "handoffs")}
@@ -177,13 +199,12 @@ def test_annotation_loop(server, tmp_path, prefect_harness, monkeypatch):
     done = {by_task[t]["item_id"] for t in (order[0], order[1], order[4])}
 
     # -- budgets: annotated items per group, in the budget's unit
-    summary = db.query(dbf, "SELECT grp, allocated, spent, n_annotated, annotated_spent "
-                            "FROM budget_summary WHERE run_id = 'r1' AND strategy = 'sift' "
-                            "ORDER BY grp")
-    print("budget_summary r1/sift:", summary)
-    assert sum(r[3] for r in summary) == 3 and sum(r[4] for r in summary) == 3.0
-    assert db.query(dbf, "SELECT sum(n_annotated) FROM budget_summary WHERE strategy = "
-                         "'k_center'") == [(0,)]  # only the strategy handed off counts
+    _show(dbf, ANNOTATED_SQL)
+    summary = {(r[0], r[1]): r[4:6] for r in _show(dbf, BUDGET_SQL)}
+    assert sum(v[0] for (s, _), v in summary.items() if s == "sift") == 3
+    assert sum(v[1] for (s, _), v in summary.items() if s == "sift") == 3.0
+    # only the strategy handed off counts
+    assert sum(v[0] for (s, _), v in summary.items() if s == "k_center") == 0
 
     # -- re-rank: annotated items are labelled, never picked, and context for the picks
     r2 = _result(_cli([*rank, "--run-id", "r2"], env))
@@ -192,6 +213,9 @@ def test_annotation_loop(server, tmp_path, prefect_harness, monkeypatch):
         picked = {r[0] for r in db.query(dbf, "SELECT item_id FROM selections WHERE run_id = "
                                               "'r2' AND strategy = ?", [s])}
         assert len(picked) == BUDGET and not picked & done, s
+    rows = _show(dbf, RERANK_SQL)
+    assert [r[3] for r in rows if r[0] == "r2"] == [0, 0]
+    assert ("r1", "sift", BUDGET, 3) in rows
     _check_context(ws, dbf, done)
 
     # -- faults: each a clear error, and the database as it was
