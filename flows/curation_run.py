@@ -109,12 +109,12 @@ def curation_run_flow(
     logger.info("new since the last run: %d shards, %d vectors, %d pool items (%d LM-scored, "
                 "%d prompts embedded)", new["shards"], new["vectors"], new["pool_items"],
                 new["lm_scored"], new["prompts_embedded"])
-    new["annotated"] = ranked.get("annotated", 0)
     result = {"embed_run": embedded["run_id"], "index_run": indexed["run_id"],
-              "rank_run": ranked["run_id"], "new": new, "handoff": handed}
+              "rank_run": ranked["run_id"], "new": new, "handoff": handed,
+              "annotated": ranked.get("annotated", 0)}
     if collected is not None:
         result["collected"] = {k: v for k, v in collected.items() if k != "projects"}
-    _artifact(job, embedded, indexed, ranked, handed, new)
+    _artifact(job, embedded, indexed, ranked, handed, new, result["annotated"])
     return result
 
 
@@ -129,7 +129,7 @@ def _bundled_sample(workspace: str) -> dict[str, str]:
 
 
 def _artifact(job: CurationJob, embedded: dict, indexed: dict, ranked: dict, handed: dict,
-              new: dict) -> None:
+              new: dict, annotated: int) -> None:
     rows = [
         {"step": "embed", "run": embedded["run_id"], "new": f"{new['shards']} shards",
          "total": f"{embedded['chunks_total']} chunks"},
@@ -148,7 +148,7 @@ def _artifact(job: CurationJob, embedded: dict, indexed: dict, ranked: dict, han
         f"# Curation run: `{job.corpus_name}` / `{job.pool_name}`\n\n"
         f"Ranked with {', '.join(job.strategies)} under {job.budget:g} {job.unit}; "
         f"`{job.handoff_strategy}` handed off to "
-        f"`{handed.get('folder') or handed.get('project_url')}`; {new['annotated']} items "
+        f"`{handed.get('folder') or handed.get('project_url')}`; {annotated} items "
         "annotated in Label Studio counted as labelled.\n\n" + artifacts.md_table(rows)
         + f"\n\nLM scored {new['lm_scored']} items and {new['prompts_embedded']} prompts "
         "were embedded (the others came from the pool's cache).\n",
