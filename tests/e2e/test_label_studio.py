@@ -196,6 +196,10 @@ def test_annotation_loop(server, tmp_path, prefect_harness, monkeypatch):
                     [order[5]]) == [("deleted",)]
     again = collect_flow(run="r1", workspace=str(ws))
     assert (again["new"], again["updated"], again["deleted"]) == (0, 0, 0)
+    # what a curation job with collect_first does: the pool's projects, none is no error
+    by_pool = collect_flow(pool_name="p", workspace=str(ws), missing_ok=True)
+    assert len(by_pool["projects"]) == 1 and by_pool["unchanged"] == 4
+    assert collect_flow(pool_name="other", workspace=str(ws), missing_ok=True)["projects"] == []
     done = {by_task[t]["item_id"] for t in (order[0], order[1], order[4])}
 
     # -- budgets: annotated items per group, in the budget's unit
