@@ -19,6 +19,7 @@ in the database is lost. Every change of one project is one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ from typing import Any
 import pyarrow as pa
 
 from tasks import db
+from tasks.labelstudio import (
+    LABEL_CONFIG,
+    LabelStudio,
+    LabelStudioError,
+    config_problems,
+    response_text,
+)
 
 LABELLED = "submitted"
 ANNOTATION_COLUMNS = ("run_id", "item_id", "project", "task_id", "annotator", "response",
@@ -228,9 +236,9 @@ def _ours(task: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     return d.get("item_id"), d.get("run_id"), d.get("strategy")
 
 
-def push_selection(ls, dbf: str | Path, run_id: str, strategy: str,
+def push_selection(ls: LabelStudio, dbf: str | Path, run_id: str, strategy: str,
                    rows: list[dict[str, Any]], project: str, *, force: bool = False,
-                   log=None) -> dict[str, Any]:
+                   log: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Import a run's selection (one strategy, rows in rank order) into the Label Studio
     project titled ``project`` (created with :data:`tasks.labelstudio.LABEL_CONFIG` when
     missing; an existing one must fit it), one import request per annotation batch, and
@@ -240,8 +248,6 @@ def push_selection(ls, dbf: str | Path, run_id: str, strategy: str,
     again. ``force`` deletes this run's tasks of this strategy that nobody has annotated
     and imports them anew; annotated tasks are kept (never destroy annotators' work).
     """
-    from tasks.labelstudio import LABEL_CONFIG, LabelStudioError, config_problems
-
     if not rows:
         raise ValueError(f"run {run_id!r} selected no items with strategy {strategy!r}")
     pool_name = rows[0]["pool_name"]
@@ -334,7 +340,7 @@ def _annotator(completed_by: Any, users: dict[int, str]) -> str | None:
     return users.get(int(completed_by), str(completed_by))
 
 
-def collect_project(ls, dbf: str | Path, project_id: int, project: str, *,
+def collect_project(ls: LabelStudio, dbf: str | Path, project_id: int, project: str, *,
                     key_url: str | None = None) -> dict[str, Any]:
     """Pull every annotation of one project into ``annotations`` (see :func:`apply_collect`).
     ``key_url``: the server address the rows are recorded under (default: ``ls.url``).
@@ -342,8 +348,6 @@ def collect_project(ls, dbf: str | Path, project_id: int, project: str, *,
     Everything is fetched before the database is touched, so a server that fails midway
     changes nothing. Tasks that sift-curate did not import (no ``item_id`` / ``run_id`` in
     their data and no ``labelstudio_tasks`` row) are counted and ignored."""
-    from tasks.labelstudio import LabelStudioError, config_problems, response_text
-
     try:
         proj = ls.project(project_id)
     except LabelStudioError as err:
