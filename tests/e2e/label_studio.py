@@ -66,9 +66,11 @@ def install(version: str = VERSION) -> Path:
                 except subprocess.TimeoutExpired:
                     rc = "timeout"
                 if rc != 0:
-                    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-                    raise RuntimeError(f"`{' '.join(cmd[-3:])}` failed ({rc}): "
-                                       + " | ".join(tail))
+                    lines = [ln for ln in log.read_text(errors="replace").splitlines()
+                             if ln.strip() and not ln.startswith("WARNING")]
+                    raise RuntimeError(f"`pip install label-studio=={version}` failed ({rc}): "
+                                       + " | ".join(ln[:300] for ln in lines[-3:])
+                                       + f" (log: {log})")
         exe = venv / "bin" / "label-studio"
         (d / "installed.json").write_text(json.dumps(
             {"version": version, "seconds": round(time.monotonic() - t0, 1)}))
