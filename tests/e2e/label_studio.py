@@ -68,7 +68,9 @@ def install(version: str = VERSION) -> Path:
                 if rc != 0:
                     lines = [ln for ln in log.read_text(errors="replace").splitlines()
                              if ln.strip() and not ln.startswith("WARNING")]
-                    raise RuntimeError(f"`pip install label-studio=={version}` failed ({rc}): "
+                    what = ("python -m venv" if cmd is steps[0] else
+                            f"pip install label-studio=={version}")
+                    raise RuntimeError(f"`{what}` failed ({rc}): "
                                        + " | ".join(ln[:300] for ln in lines[-3:])
                                        + f" (log: {log})")
         exe = venv / "bin" / "label-studio"
