@@ -278,7 +278,8 @@ def eval_ttt(
     = 1e-4,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each draws its own "
                                        "documents (and random picks)")] = "0,1,2",
-    strategies: Annotated[str, typer.Option(help="Comma-separated subset of sift,nn,random")]
+    strategies: Annotated[str, typer.Option(help="Comma-separated subset of sift,nn,nn-f,"
+                                            "random,adaptive-sift")]
     = "sift,nn,random",
     split: Annotated[str, typer.Option(help="Held-out split: 'test' for results, 'dev' for "
                                        "tuning the learning rate (disjoint documents)")]
@@ -296,10 +297,16 @@ def eval_ttt(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: "
                                                 "torch's; use 1 on a machine shared with "
                                                 "other jobs)")] = None,
+    dup_threshold: Annotated[float, typer.Option(
+        help="nn-f: cosine similarity to an earlier pick at which a candidate is skipped")]
+    = 0.95,
+    alpha: Annotated[float, typer.Option(
+        help="adaptive-sift: compute-performance ratio (steps while alpha*n*sigma_n <= 1)")]
+    = 0.1,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
-    """Test-time fine-tuning: bits per byte after training on sift / nn / random picks.
+    """Test-time fine-tuning: bits per byte after training on each strategy's picks.
 
     Larger run (e.g. on a GPU machine): --n-docs 64 --n 50 --seeds 0,1,2,3,4.
     """
@@ -310,7 +317,8 @@ def eval_ttt(
                         lam=lam, lr=lr, seeds=_ints(seeds), strategies=_names(strategies),
                         split=split, lm=lm, max_train_tokens=max_train_tokens,
                         prompt_chars=prompt_chars, continuation_chars=continuation_chars,
-                        threads=threads, run_id=run_id))
+                        threads=threads, run_id=run_id, dup_threshold=dup_threshold,
+                        alpha=alpha))
 
 
 @app.command("eval-budget")
