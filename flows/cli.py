@@ -204,10 +204,10 @@ def select(
     seed: Annotated[int, typer.Option(help="Seed for the random strategy")] = 0,
     dup_threshold: Annotated[float, typer.Option(
         help="nn-f: skip a candidate whose cosine similarity to an already picked chunk is "
-        "at least this")] = 0.95,
+        "at least this")] = 0.9,
     alpha: Annotated[float, typer.Option(
         help="adaptive-sift: compute-performance ratio; a prompt keeps taking picks while "
-        "alpha * n * sigma_n <= 1 (larger stops sooner)")] = 0.1,
+        "alpha * n * sigma_n <= 1 (larger stops sooner)")] = 0.15,
     min_gain: Annotated[float | None, typer.Option(help="Stop a prompt's selection when the "
                                                    "variance reduction falls below this")]
     = None,
@@ -299,10 +299,10 @@ def eval_ttt(
                                                 "other jobs)")] = None,
     dup_threshold: Annotated[float, typer.Option(
         help="nn-f: cosine similarity to an earlier pick at which a candidate is skipped")]
-    = 0.95,
+    = 0.9,
     alpha: Annotated[float, typer.Option(
         help="adaptive-sift: compute-performance ratio (steps while alpha*n*sigma_n <= 1)")]
-    = 0.1,
+    = 0.15,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
