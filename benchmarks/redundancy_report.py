@@ -37,7 +37,8 @@ def main() -> None:
     bars: dict[str, dict[str, float]] = {}
     lines = ["| corpus | strategy | bpb minus base (paired) | better than nn (docs) | "
              "steps per prompt | dup picks (near / exact) | distinct texts per prompt | "
-             "minus base at adaptive-sift's steps |", "|---|---|---|---|---|---|---|---|"]
+             "minus base at adaptive-sift's steps | posterior variance after the picks |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for spec in a.run:
         label, folder = spec.split("=", 1)
         rows = [json.loads(x) for x in (Path(folder) / "ttt_documents.jsonl")
@@ -66,8 +67,9 @@ def main() -> None:
                 f"{100 * np.mean([r['dup_near'] for r in mine]):.1f} % / "
                 f"{100 * np.mean([r['dup_exact'] for r in mine]):.1f} % | "
                 f"{np.mean([r['distinct'] for r in mine]):.1f} | "
-                f"{'' if eq is None else _ms(eq)} |")
-        lines.append(f"| {label} | (documents: {len(base)}, seeds {seeds}) | | | | | | |")
+                f"{'' if eq is None else _ms(eq)} | "
+                f"{np.mean([r['final_variance'] for r in mine]):.3f} |")
+        lines.append(f"| {label} | (documents: {len(base)}, seeds {seeds}) | | | | | | | |")
     print("\n".join(lines))
     png = grouped_strategy_points(
         groups, bars, a.png, "Test-time fine-tuning on a clean and a redundant sample",
