@@ -65,6 +65,9 @@ def sample(
     n_queries: Annotated[int, typer.Option(help="Held-out prompts to write")] = 64,
     pool_size: Annotated[int, typer.Option(help="Instruction pool items")] = 1200,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
+    redundancy: Annotated[float, typer.Option(
+        help="Share R of corpus documents that recur as exact and lightly edited copies "
+        "(heavy-tailed copy counts; 0.3 gives the Pile's ~31 % duplicates). 0: none")] = 0.0,
     workspace: Workspace = None,
 ) -> None:
     """Build the bundled mini-Pile (.jsonl.zst), held-out prompts and an instruction pool."""
@@ -73,7 +76,7 @@ def sample(
 
     target = str(out or Path(ws) / "sample")
     _show(sample_flow(out=target, n_docs=n_docs, n_queries=n_queries, pool_size=pool_size,
-                      seed=seed))
+                      seed=seed, redundancy=redundancy))
 
 
 @app.command()
@@ -195,8 +198,16 @@ def select(
     n: Annotated[int, typer.Option(help="Chunks selected per prompt")] = 50,
     lam: Annotated[float, typer.Option(help="SIFT regulariser lambda > 0 (larger allows "
                                        "more repeats)")] = 0.01,
-    strategy: Annotated[str, typer.Option(help="sift | nn | random")] = "sift",
+    strategy: Annotated[str, typer.Option(help="sift | nn | nn-f (near-duplicates "
+                                          "filtered) | random | adaptive-sift (SIFT that "
+                                          "stops per prompt: fewer than N rows)")] = "sift",
     seed: Annotated[int, typer.Option(help="Seed for the random strategy")] = 0,
+    dup_threshold: Annotated[float, typer.Option(
+        help="nn-f: skip a candidate whose cosine similarity to an already picked chunk is "
+        "at least this")] = 0.9,
+    alpha: Annotated[float, typer.Option(
+        help="adaptive-sift: compute-performance ratio; a prompt keeps taking picks while "
+        "alpha * n * sigma_n <= 1 (larger stops sooner)")] = 0.15,
     min_gain: Annotated[float | None, typer.Option(help="Stop a prompt's selection when the "
                                                    "variance reduction falls below this")]
     = None,
@@ -218,7 +229,8 @@ def select(
     _show(select_flow(name=name, queries=queries, query_embeddings=query_embeddings,
                       workspace=ws, k=k, n=n, lam=lam, strategy=strategy, seed=seed,
                       min_gain=min_gain, nprobe=nprobe, rerank_factor=rerank_factor,
-                      block=block, ray_address=ray_address, run_id=run_id))
+                      block=block, ray_address=ray_address, run_id=run_id,
+                      dup_threshold=dup_threshold, alpha=alpha))
 
 
 @app.command()
@@ -266,7 +278,8 @@ def eval_ttt(
     = 1e-4,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each draws its own "
                                        "documents (and random picks)")] = "0,1,2",
-    strategies: Annotated[str, typer.Option(help="Comma-separated subset of sift,nn,random")]
+    strategies: Annotated[str, typer.Option(help="Comma-separated subset of sift,nn,nn-f,"
+                                            "random,adaptive-sift")]
     = "sift,nn,random",
     split: Annotated[str, typer.Option(help="Held-out split: 'test' for results, 'dev' for "
                                        "tuning the learning rate (disjoint documents)")]
@@ -284,10 +297,16 @@ def eval_ttt(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: "
                                                 "torch's; use 1 on a machine shared with "
                                                 "other jobs)")] = None,
+    dup_threshold: Annotated[float, typer.Option(
+        help="nn-f: cosine similarity to an earlier pick at which a candidate is skipped")]
+    = 0.9,
+    alpha: Annotated[float, typer.Option(
+        help="adaptive-sift: compute-performance ratio (steps while alpha*n*sigma_n <= 1)")]
+    = 0.15,
     run_id: RunId = None,
     workspace: Workspace = None,
 ) -> None:
-    """Test-time fine-tuning: bits per byte after training on sift / nn / random picks.
+    """Test-time fine-tuning: bits per byte after training on each strategy's picks.
 
     Larger run (e.g. on a GPU machine): --n-docs 64 --n 50 --seeds 0,1,2,3,4.
     """
@@ -298,7 +317,8 @@ def eval_ttt(
                         lam=lam, lr=lr, seeds=_ints(seeds), strategies=_names(strategies),
                         split=split, lm=lm, max_train_tokens=max_train_tokens,
                         prompt_chars=prompt_chars, continuation_chars=continuation_chars,
-                        threads=threads, run_id=run_id))
+                        threads=threads, run_id=run_id, dup_threshold=dup_threshold,
+                        alpha=alpha))
 
 
 @app.command("eval-budget")

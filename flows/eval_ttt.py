@@ -3,15 +3,20 @@
 For each seed, ``n_docs`` held-out documents (half news, half code, never in the corpus)
 are cut into a prompt and a continuation. Each prompt is embedded with the corpus's
 encoder, ``k`` candidate chunks are retrieved from the faiss index and ``n`` are chosen
-with every strategy (sift, nn, random: tasks/select.py). The causal LM takes one Adam step
-per chosen chunk, in pick order, then the continuation's bits per byte is measured, and
-the original weights are restored before the next (prompt, strategy). The base model
-without fine-tuning is scored too.
+with every strategy (sift, nn, nn-f, random, adaptive-sift: tasks/select.py; Adaptive SIFT
+may choose fewer). The causal LM takes one Adam step per chosen chunk, in pick order, then
+the continuation's bits per byte is measured, and the original weights are restored before
+the next (prompt, strategy). The base model without fine-tuning is scored too. When
+adaptive-sift runs, every strategy is also scored after as many steps as Adaptive SIFT took
+for that prompt (equal compute).
 
 Output: ``evaluations`` rows (kind 'ttt', budget = n chunks, metric 'bpb' per seed = mean
-over that seed's documents, plus 'bpb_minus_base', 'distinct_chunks', 'posterior_variance'
-and, when nn ran, 'overlap_nn': the share of a strategy's chunks nn picked too), per-document
-detail in ``reports/<run_id>/ttt_documents.jsonl``, a PNG, and a Markdown artifact.
+over that seed's documents, plus 'bpb_minus_base', 'distinct_chunks', 'posterior_variance',
+'steps' (Adam steps actually taken per prompt), 'dup_exact' / 'dup_near' (share of picks
+repeating an earlier pick's text exactly / as a near copy), 'distinct_near', with
+adaptive-sift 'bpb_equal_compute_minus_base' and, when nn ran, 'overlap_nn': the share of a
+strategy's chunks nn picked too), per-document detail in
+``reports/<run_id>/ttt_documents.jsonl``, a PNG, and a Markdown artifact.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tasks import artifacts, db
 from tasks import evaluate as ev
 from tasks.eval_plots import strategy_points
 from tasks.runs import make_run_id, tracked_run
+from tasks.select import DEFAULT_ALPHA, DEFAULT_DUP_THRESHOLD, strategy_params
 from tasks.workspace import CorpusPaths, db_path, reports_dir, workspace_root
 
 #: Defaults sized for about 30 minutes on 2 CPU cores with SmolLM2-135M: 8 docs x 3 seeds x
@@ -58,9 +64,12 @@ def held_out_documents(pile_dir: str, n_docs: int, seeds: list[int], split: str,
 
 @task(name="select-for-prompts", persist_result=False, cache_policy=NO_CACHE)
 def select_chunks(workspace: str, name: str, prompts: list[str], strategies: list[str],
-                  k: int, n: int, lam: float, seed: int) -> dict[str, Any]:
-    """Per strategy: chunk texts ``[B][n]`` in pick order, each prompt's final posterior
-    variance and, when nn ran too, the share of its distinct picks that nn also picked."""
+                  k: int, n: int, lam: float, seed: int,
+                  dup_threshold: float = DEFAULT_DUP_THRESHOLD,
+                  alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
+    """Per strategy: chunk texts ``[B][<=n]`` in pick order, each prompt's final posterior
+    variance and number of picks and, when nn ran too, the share of its distinct picks that
+    nn also picked."""
     from sift_ops.embedding import TextEncoder
     from tasks.search_service import SearchService
     from tasks.select import select_for_queries
@@ -73,10 +82,11 @@ def select_chunks(workspace: str, name: str, prompts: list[str], strategies: lis
     with SearchService(paths) as service:
         for strategy in strategies:
             res = select_for_queries(service, emb, k=k, n=n, lam=lam, strategy=strategy,
-                                     seed=seed)
+                                     seed=seed, dup_threshold=dup_threshold, alpha=alpha)
             picks[strategy] = res["picks"]
             out[strategy] = {"texts": ev.fetch_texts(service, res["rows"]),
-                             "final_variance": res["variances"][:, -1].tolist()}
+                             "final_variance": res["variances"][:, -1].tolist(),
+                             "n_used": res["n_used"].tolist()}
     if "nn" in picks:
         for strategy, p in picks.items():
             out[strategy]["overlap_nn"] = ev.pick_overlap(p, picks["nn"]).tolist()
@@ -104,9 +114,12 @@ def finetune_and_score(lm: str | None, cache_dir: str, docs_by_seed: dict[int, l
         for seed, docs in docs_by_seed.items():
             for i, doc in enumerate(docs):
                 selected = {s: sel["texts"][i] for s, sel in selections[seed].items()}
+                adaptive = selections[seed].get("adaptive-sift")
                 t0 = time.perf_counter()
-                doc_rows = ev.ttt_rows_for_doc(model, tok, base, doc, selected, lr=lr,
-                                               max_train_tokens=max_train_tokens)
+                doc_rows = ev.ttt_rows_for_doc(
+                    model, tok, base, doc, selected, lr=lr,
+                    max_train_tokens=max_train_tokens,
+                    equal_compute_steps=None if adaptive is None else adaptive["n_used"][i])
                 for r in doc_rows:
                     r["seed"] = seed
                     r["seconds"] = round(time.perf_counter() - t0, 2)
@@ -149,6 +162,16 @@ def summarize(rows: list[dict[str, Any]], n: int) -> tuple[list[dict], dict[str,
                 records.append({"strategy": s, "budget": budget, "seed": seed,
                                 "metric": "distinct_chunks",
                                 "value": float(np.mean([r["distinct"] for r in mine]))})
+                for key in ("steps", "dup_exact", "dup_near", "distinct_near"):
+                    records.append({"strategy": s, "budget": budget, "seed": seed,
+                                    "metric": key,
+                                    "value": float(np.nanmean([r[key] for r in mine]))})
+                if all("bpb_equal_compute" in r for r in mine):
+                    records.append({"strategy": s, "budget": budget, "seed": seed,
+                                    "metric": "bpb_equal_compute_minus_base",
+                                    "value": float(np.mean([r["bpb_equal_compute"]
+                                                            - base[r["doc"]]
+                                                            for r in mine]))})
                 records.append({"strategy": s, "budget": budget, "seed": seed,
                                 "metric": "posterior_variance",
                                 "value": float(np.mean([r["final_variance"] for r in mine]))})
@@ -184,11 +207,14 @@ def eval_ttt_flow(
     continuation_chars: int = DEFAULTS["continuation_chars"],
     threads: int | None = None,
     run_id: str | None = None,
+    dup_threshold: float = DEFAULT_DUP_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
 ) -> dict[str, Any]:
     """Test-time fine-tuning evaluation on corpus ``name`` (embedded and indexed).
 
     ``sample`` is the folder `sift-curate sample` wrote (default <workspace>/sample); its
     ``pile/`` must be the corpus's input, since held-out documents are checked against it.
+    ``dup_threshold``: NN-F's filter; ``alpha``: Adaptive SIFT's compute-performance ratio.
     """
     logger = get_run_logger()
     seeds = list(seeds if seeds is not None else DEFAULTS["seeds"])
@@ -209,6 +235,8 @@ def eval_ttt_flow(
               "lam": lam, "lr": lr, "seeds": seeds, "strategies": strategies,
               "split": split, "lm": lm, "max_train_tokens": max_train_tokens,
               "prompt_chars": prompt_chars, "continuation_chars": continuation_chars}
+    for s in strategies:  # only strategies that use them add them (old run ids stay)
+        params.update(strategy_params(s, dup_threshold, alpha))
     rid = make_run_id("eval-ttt", params, run_id)
     dbf = db_path(ws)
     t_start = time.perf_counter()
@@ -217,7 +245,7 @@ def eval_ttt_flow(
                                   continuation_chars)
         t_sel = time.perf_counter()
         selections = {s: select_chunks(ws, name, [d.prompt for d in docs[s]], strategies,
-                                       k, n, lam, s) for s in seeds}
+                                       k, n, lam, s, dup_threshold, alpha) for s in seeds}
         select_s = time.perf_counter() - t_sel
         t_ft = time.perf_counter()
         rows = finetune_and_score(lm, str(Path(ws) / "models"), docs, selections, lr,
@@ -234,11 +262,15 @@ def eval_ttt_flow(
             m, sd = ev.mean_std(vals)
             d_m, d_sd = ev.mean_std([r["value"] for r in records if r["strategy"] == s
                                      and r["metric"] == "bpb_minus_base"])
-            overlap = [r["value"] for r in records if r["strategy"] == s
-                       and r["metric"] == "overlap_nn"]
+            def metric(key: str, s: str = s) -> float | None:
+                v = [r["value"] for r in records if r["strategy"] == s and r["metric"] == key]
+                return float(np.mean(v)) if v else None
+
             table.append({"strategy": s, "bpb_mean": m, "bpb_std": sd,
                           "minus_base_mean": d_m, "minus_base_std": d_sd,
-                          "overlap_nn": float(np.mean(overlap)) if overlap else None,
+                          "overlap_nn": metric("overlap_nn"), "steps": metric("steps"),
+                          "dup_near": metric("dup_near"), "distinct": metric("distinct_chunks"),
+                          "equal_compute_minus_base": metric("bpb_equal_compute_minus_base"),
                           "seeds": len(vals)})
         rec.summary = {"table": table, "documents": len({r["doc"] for r in rows}),
                        "select_seconds": round(select_s, 1),

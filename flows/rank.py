@@ -305,7 +305,7 @@ def rank_flow(
             pos = _align(items.column("item_id"), table)
             values = pc.list_flatten(table.column("embedding")).to_numpy()
             emb = values.astype(np.float32).reshape(table.num_rows, -1)[pos]
-            if targets and "sift" in strategies:
+            if targets and ("sift" in strategies or "nn-f" in strategies):
                 from sift_ops.embedding import TextEncoder
 
                 texts = read_targets(targets)

@@ -1,4 +1,5 @@
-"""Flow: test-time data selection (SIFT, nearest neighbours or random) for a prompt file."""
+"""Flow: test-time data selection (SIFT, Adaptive SIFT, nearest neighbours, NN-F or random)
+for a prompt file."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from tasks.plots import variance_curves
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.runs import make_run_id, tracked_run
 from tasks.search_service import SearchService
-from tasks.select import check_selection_args, iter_query_blocks, select_block, selection_rows
+from tasks.select import (
+    DEFAULT_ALPHA,
+    DEFAULT_DUP_THRESHOLD,
+    check_selection_args,
+    iter_query_blocks,
+    select_block,
+    selection_rows,
+    strategy_params,
+)
 from tasks.workspace import CorpusPaths, db_path, reports_dir
 
 
@@ -27,7 +36,9 @@ def retrieve_and_select(workspace: str | None, name: str, rows_dir: str, run_id:
                         queries: str | None, query_embeddings: str | None, k: int, n: int,
                         lam: float, strategy: str, seed: int, min_gain: float | None,
                         nprobe: int | None, rerank_factor: int | None, block: int,
-                        ray_address: str | None) -> dict:
+                        ray_address: str | None,
+                        dup_threshold: float = DEFAULT_DUP_THRESHOLD,
+                        alpha: float = DEFAULT_ALPHA) -> dict:
     """Stream the prompts through the search service in blocks; each block's rows go to
     ``rows_dir/part-NNNNN.parquet`` (so memory is bounded by the block)."""
     import torch
@@ -58,7 +69,8 @@ def retrieve_and_select(workspace: str | None, name: str, rows_dir: str, run_id:
         logger.info("search service for %s: %s", name, service.settings())
         for i, (ids, emb) in enumerate(blocks):
             res = select_block(service, emb, k=k, n=n, lam=lam, strategy=strategy,
-                               generator=gen, min_gain=min_gain)
+                               generator=gen, min_gain=min_gain,
+                               dup_threshold=dup_threshold, alpha=alpha)
             rows = selection_rows(run_id, strategy, ids, res)
             pq.write_table(rows, out / f"part-{i:05d}.parquet")
             picks = res["picks"]
@@ -136,13 +148,17 @@ def select_flow(
     block: int = 256,
     ray_address: str | None = None,
     run_id: str | None = None,
+    dup_threshold: float = DEFAULT_DUP_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
 ) -> dict:
     """For each prompt in ``queries`` (or each vector in ``query_embeddings``), retrieve
     ``k`` exact candidates from corpus ``name``'s index and choose ``n`` with ``strategy``;
     write them to ``test_time_selections``. ``nprobe``/``rerank_factor`` override the
-    settings measured when the index was built."""
+    settings measured when the index was built. ``dup_threshold`` is NN-F's cosine
+    similarity filter, ``alpha`` Adaptive SIFT's compute-performance ratio (a prompt may
+    then get fewer than ``n`` rows)."""
     logger = get_run_logger()
-    check_selection_args(strategy, k, n, lam)
+    check_selection_args(strategy, k, n, lam, dup_threshold, alpha)
     if (queries is None) == (query_embeddings is None):
         raise ValueError("give exactly one of queries (a prompt file) and query_embeddings "
                          "(.npy or Parquet of prompt vectors)")
@@ -154,7 +170,8 @@ def select_flow(
                                 f"{source} does not exist")
     params = {"name": name, "queries": source, "k": k, "n": n, "lam": lam,
               "strategy": strategy, "seed": seed, "min_gain": min_gain, "nprobe": nprobe,
-              "rerank_factor": rerank_factor}
+              "rerank_factor": rerank_factor,
+              **strategy_params(strategy, dup_threshold, alpha)}
     if query_embeddings:
         params["query_embeddings"] = True
     rid = make_run_id("select", params, run_id)
@@ -166,7 +183,8 @@ def select_flow(
                     manifest.get("n_chunks"))
         summary = retrieve_and_select(workspace, name, str(rows_dir), rid, queries,
                                       query_embeddings, k, n, lam, strategy, seed, min_gain,
-                                      nprobe, rerank_factor, block, ray_address)
+                                      nprobe, rerank_factor, block, ray_address,
+                                      dup_threshold, alpha)
         if summary["rows"]:
             db.replace_run_rows(dbf, "test_time_selections", rid,
                                 str(rows_dir / "*.parquet"))

@@ -157,17 +157,26 @@ def text_step(model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Opt
 
 
 def test_time_finetune(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *,
-                       lr: float, max_tokens: int = 256) -> list[float]:
+                       lr: float, max_tokens: int = 256,
+                       after_step: Callable[[int], None] | None = None) -> list[float]:
     """Fine-tune on ``texts`` in order, one Adam step each (fresh optimizer state).
 
-    The caller owns restoring the weights (:func:`snapshot` before, :func:`restore` after).
-    Returns the per-step losses (nats per token, before each step).
+    ``after_step(i)`` is called after the i-th step (1-based), e.g. to score the model
+    part-way: the first i steps are exactly what a run on ``texts[:i]`` would do, so one
+    run serves every prefix. The caller owns restoring the weights (:func:`snapshot`
+    before, :func:`restore` after). Returns the per-step losses (nats per token, before
+    each step).
     """
     if lr <= 0:
         raise ValueError(f"learning rate must be > 0 (got {lr})")
     opt = make_optimizer(model, lr)
     try:
-        return [text_step(model, tokenizer, opt, t, max_tokens=max_tokens) for t in texts]
+        losses = []
+        for i, t in enumerate(texts, start=1):
+            losses.append(text_step(model, tokenizer, opt, t, max_tokens=max_tokens))
+            if after_step is not None:
+                after_step(i)
+        return losses
     finally:
         del opt  # Adam's moments are two more model-sized tensors: free them now
 

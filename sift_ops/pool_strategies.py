@@ -17,6 +17,11 @@ means "more worth annotating" so annotators can sort by it:
                                 weighted by its uncertainty; score: the marginal gain
 ``sift``                        SIFT toward target prompts (or toward the pool itself);
                                 score: the mean posterior-variance reduction of the targets
+``nn-f``                        nearest neighbours of the target prompts (mean similarity;
+                                or of the pool's mean) skipping items whose cosine
+                                similarity to an already chosen (or labelled) item is
+                                ``>= sift_ops.sift.DEFAULT_DUP_THRESHOLD``; score: the
+                                mean similarity to the targets
 ==============================  =============================================================
 
 Budgets: the budget (in the units of ``costs``) is split across groups (``source``) with
@@ -58,7 +63,8 @@ __all__ = [
     "uncertainty_priority",
 ]
 
-DIVERSITY_STRATEGIES = ("k_center", "facility_location", "uncertainty_facility_location", "sift")
+DIVERSITY_STRATEGIES = ("k_center", "facility_location", "uncertainty_facility_location", "sift",
+                        "nn-f")
 STRATEGIES = ("random", *UNCERTAINTY_KEYS, *DIVERSITY_STRATEGIES)
 LM_STRATEGIES = (*UNCERTAINTY_KEYS, "uncertainty_facility_location")
 _LOW_IS_UNCERTAIN = ("mean_margin", "min_margin")
@@ -138,7 +144,8 @@ def _order_in_group(strategy: str, items: np.ndarray, k: int, *, emb: np.ndarray
                     prio: np.ndarray | None, weights: np.ndarray | None,
                     labeled_emb: np.ndarray | None, gram: np.ndarray | None,
                     rng: np.random.Generator, knn: int, lam: float,
-                    exact_knn_max: int = EXACT_GRAPH_MAX_N) -> tuple[np.ndarray, np.ndarray]:
+                    exact_knn_max: int = EXACT_GRAPH_MAX_N,
+                    center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pick order (positions into ``items``) and scores for one group, at most k picks."""
     n = len(items)
     k = min(k, n)
@@ -158,6 +165,8 @@ def _order_in_group(strategy: str, items: np.ndarray, k: int, *, emb: np.ndarray
     if strategy == "sift":
         order, gains = pool_sift(x, k, gram=gram, lam=lam, labeled=labeled_emb)
         return order, gains
+    if strategy == "nn-f":
+        return _nn_filtered(x, k, center, labeled_emb)
     # k-center / facility location: labelled items join as already-selected rows
     if n_lab:
         x = np.concatenate([x, labeled_emb])
@@ -177,6 +186,47 @@ def _order_in_group(strategy: str, items: np.ndarray, k: int, *, emb: np.ndarray
     order, gains = facility_location(x, k, knn=min(knn, len(x)), weights=w, selected=sel,
                                      graph_method=method)
     return order.numpy().astype(np.int64), gains.numpy()
+
+
+def _nn_filtered(x: np.ndarray, k: int, center: np.ndarray, labeled: np.ndarray | None,
+                 chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """NN-F over a pool group: items by similarity to ``center`` ``[d]``, skipping those
+    whose cosine similarity to an already chosen or labelled item is >= the threshold.
+    When fewer than ``k`` items survive, the skipped ones follow in similarity order (so
+    the budget is spent, non-duplicates first).
+
+    Candidates are screened ``chunk`` at a time against all picks with one matmul; only
+    the decisions inside a chunk are sequential. Returns (positions, similarity scores).
+    """
+    from sift_ops.sift import DEFAULT_DUP_THRESHOLD as thr
+
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    score = x.astype(np.float64) @ center
+    order = np.argsort(-score, kind="stable")
+    fixed = [] if labeled is None else [labeled / np.maximum(
+        np.linalg.norm(labeled, axis=1, keepdims=True), 1e-12)]
+    picked: list[int] = []
+    for s in range(0, len(order), chunk):
+        idx = order[s:s + chunk]
+        xc = xn[idx]
+        prev = fixed + ([xn[picked]] if picked else [])
+        blocked = np.zeros(len(idx), dtype=bool)
+        if prev:
+            blocked |= (xc @ np.concatenate(prev).T).max(axis=1) >= thr
+        within = xc @ xc.T
+        for j in range(len(idx)):
+            if blocked[j]:
+                continue
+            picked.append(int(idx[j]))
+            if len(picked) == k:
+                sel = np.asarray(picked, dtype=np.int64)
+                return sel, score[sel]
+            blocked |= within[j] >= thr
+    # fewer non-duplicates than the budget asks for: the skipped items follow, in order
+    chosen = set(picked)
+    picked += [int(i) for i in order if int(i) not in chosen][:k - len(picked)]
+    sel = np.asarray(picked, dtype=np.int64)
+    return sel, score[sel]
 
 
 def rank_items(
@@ -270,9 +320,11 @@ def rank_items(
 
     x = None if emb is None else np.ascontiguousarray(emb, dtype=np.float32)
     labeled_emb = x[lab] if (x is not None and lab.any()) else None
-    gram = None
+    gram = center = None
     if strategy == "sift":
         gram = target_gram(targets if targets is not None else x)
+    if strategy == "nn-f":  # mean similarity to the targets == similarity to their mean
+        center = np.asarray(targets if targets is not None else x, np.float64).mean(axis=0)
     fl_w = None
     if strategy == "uncertainty_facility_location":
         fl_w = WEIGHT_FLOOR + (1.0 - WEIGHT_FLOOR) * unit_w
@@ -294,7 +346,8 @@ def rank_items(
             rng.bit_generator.state = state  # same random keys however often we rank
             order, sc = _order_in_group(strategy, items, k, emb=x, prio=prio, weights=fl_w,
                                         labeled_emb=labeled_emb, gram=gram, rng=rng,
-                                        knn=knn, lam=lam, exact_knn_max=exact_knn_max)
+                                        knn=knn, lam=lam, exact_knn_max=exact_knn_max,
+                                        center=center)
             take = fill_in_rank_order(cost[items[order]], np.zeros(len(order), np.int64),
                                       alloc[g:g + 1])
             left = alloc[g] - cost[items[order[take]]].sum()

@@ -106,3 +106,59 @@ def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | P
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def grouped_strategy_points(groups: Mapping[str, Mapping[str, Sequence[float]]],
+                            bars: Mapping[str, Mapping[str, float]], path: str | Path,
+                            title: str, ylabel: str, bar_label: str,
+                            hollow: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+                            hollow_label: str = "") -> Path:
+    """Two panels sharing the strategies' x axis, one colour per group (e.g. corpus).
+
+    Left: ``groups[group][strategy]`` per-seed values as dots with mean +- 1 std (e.g.
+    bits per byte minus the base model; a line at 0). Right: ``bars[group][strategy]``
+    as grouped bars (e.g. the share of picks that duplicate an earlier pick).
+    ``hollow[group][strategy]`` adds hollow diamonds (mean over seeds) in the left panel,
+    e.g. the value at equal compute.
+    """
+    plt = _plt()
+    gnames = list(groups)
+    snames = list(dict.fromkeys(s for g in groups.values() for s in g))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.6), dpi=110,
+                                 gridspec_kw={"width_ratios": [3, 2]})
+    x = np.arange(len(snames))
+    width = 0.8 / max(len(gnames), 1)
+    for gi, g in enumerate(gnames):
+        off = (gi - (len(gnames) - 1) / 2) * width
+        for si, s in enumerate(snames):
+            vals = np.asarray(groups[g].get(s, []), dtype=float)
+            if not len(vals):
+                continue
+            sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            ax.errorbar(si + off, vals.mean(), yerr=sd, fmt="o", color=f"C{gi}",
+                        capsize=5, markersize=7, label=g if si == 0 else None, zorder=3)
+            ax.scatter(si + off + np.linspace(-0.05, 0.05, len(vals)), vals, s=12,
+                       color=f"C{gi}", alpha=0.45, zorder=2)
+            hv = (hollow or {}).get(g, {}).get(s)
+            if hv is not None and len(hv):
+                ax.scatter(si + off + 0.12, float(np.mean(hv)), marker="D", s=36,
+                           facecolors="none", edgecolors=f"C{gi}", zorder=3,
+                           label=hollow_label if (si, gi) == (0, 0) and hollow_label
+                           else None)
+        bx.bar(x + off, [bars.get(g, {}).get(s, np.nan) for s in snames], width,
+               color=f"C{gi}", label=g)
+    ax.axhline(0.0, ls="--", color="grey", lw=1)
+    ax.set_xticks(x, snames, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    bx.set_xticks(x, snames, fontsize=8)
+    bx.set_ylabel(bar_label)
+    bx.grid(axis="y", alpha=0.3)
+    bx.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -33,7 +33,12 @@ from sift_ops import finetune as ft
 from sift_ops.generation import prompt_text
 from sift_ops.pool_strategies import rank_items
 
-TTT_STRATEGIES = ("sift", "nn", "random")
+TTT_STRATEGIES = ("sift", "nn", "nn-f", "random", "adaptive-sift")
+#: Two texts are near duplicates when the Jaccard similarity of their word 3-gram sets is
+#: at least this. Measured on the sample generator's copies (tests/unit/test_sample.py):
+#: lightly edited copies >= 0.45 (a changed line in a 40-word function is the worst case),
+#: distinct sample documents <= 0.04.
+NEAR_DUP_JACCARD = 0.3
 #: Long lines are the unit of the overlap check between a held-out document and the corpus
 #: (short lines such as ``return x`` or ``else:`` occur everywhere and prove nothing).
 LONG_LINE = 30
@@ -182,33 +187,107 @@ def pick_overlap(picks: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out
 
 
+def _shingles(text: str, n: int = 3) -> frozenset:
+    words = text.split()
+    if len(words) < n:
+        return frozenset([" ".join(words)]) if words else frozenset()
+    return frozenset(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def duplicate_stats(texts: Sequence[str], jaccard: float = NEAR_DUP_JACCARD
+                    ) -> dict[str, float]:
+    """How redundant one prompt's picks are, in pick order.
+
+    Returns ``dup_exact``: share of picks whose text equals an earlier pick's;
+    ``dup_near``: share of picks that are a near duplicate of an earlier pick (word
+    3-gram Jaccard >= ``jaccard``, which includes exact repeats); ``distinct``: distinct
+    texts; ``distinct_near``: picks that are no near duplicate of an earlier pick. Shares
+    are NaN without picks. Quadratic in the picks (N <= a few hundred).
+    """
+    seen: set[str] = set()
+    kept: list[frozenset] = []
+    exact = near = 0
+    for t in texts:
+        sh = _shingles(t)
+        if t in seen:
+            exact += 1
+            near += 1
+        elif any(sh and k and len(sh & k) >= jaccard * len(sh | k) for k in kept):
+            near += 1
+        else:
+            kept.append(sh)
+        seen.add(t)
+    n = len(texts)
+    return {"dup_exact": exact / n if n else float("nan"),
+            "dup_near": near / n if n else float("nan"),
+            "distinct": float(len(seen)), "distinct_near": float(n - near)}
+
+
 def ttt_rows_for_doc(model: torch.nn.Module, tokenizer: Any, base: dict[str, torch.Tensor],
                      doc: HeldOutDoc, selected: dict[str, list[str]], *, lr: float,
-                     max_train_tokens: int, max_prompt_tokens: int | None = None
-                     ) -> list[dict[str, Any]]:
+                     max_train_tokens: int, max_prompt_tokens: int | None = None,
+                     equal_compute_steps: int | None = None) -> list[dict[str, Any]]:
     """Base and per-strategy bits per byte of one document's continuation.
 
     ``selected[strategy]`` are the chunk texts in pick order (repeats allowed). The model
     must hold ``base`` weights on entry and holds them again on return (checked).
+
+    A strategy whose texts are a prefix of another's (Adaptive SIFT's picks are SIFT's
+    first ones; NN-F equals NN when the filter removes nothing) is scored part-way
+    through that strategy's run instead of being trained again: the first i steps of a
+    run are exactly a run on the first i texts (same texts, same fresh Adam, same order),
+    so the numbers are the same and the compute is not spent twice. With
+    ``equal_compute_steps`` s, every strategy is also scored after min(s, its steps)
+    steps (``bpb_equal_compute``): the comparison at Adaptive SIFT's compute.
     """
     nll, n_tok = ft.continuation_nll(model, tokenizer, doc.prompt, doc.continuation,
                                      max_prompt_tokens=max_prompt_tokens)
+    base_bpb = ft.bits_per_byte(nll, doc.continuation)
     rows = [{"doc": doc.key, "source": doc.source, "strategy": "base", "steps": 0,
-             "distinct": 0, "bpb": ft.bits_per_byte(nll, doc.continuation),
+             "distinct": 0, "bpb": base_bpb,
              "tokens": n_tok, "first_loss": float("nan"), "last_loss": float("nan")}]
-    for strategy, texts in selected.items():
+    # host[s]: the strategy whose run scores s (the longest list that s is a prefix of)
+    host: dict[str, str] = {}
+    for s in sorted(selected, key=lambda s: -len(selected[s])):
+        texts = selected[s]
+        host[s] = next((h for h in host if host[h] == h
+                        and selected[h][:len(texts)] == texts), s)
+    for h in [s for s in selected if host[s] == s]:
+        texts = selected[h]
+        want = {len(selected[s]) for s in selected if host[s] == h}
+        if equal_compute_steps is not None:
+            want |= {min(equal_compute_steps, len(selected[s]))
+                     for s in selected if host[s] == h}
+        scores: dict[int, tuple[float, int]] = {0: (base_bpb, n_tok)}
+
+        def score(i: int, want=want, scores=scores) -> None:
+            if i in want:
+                nll_i, n_i = ft.continuation_nll(model, tokenizer, doc.prompt,
+                                                 doc.continuation,
+                                                 max_prompt_tokens=max_prompt_tokens)
+                scores[i] = (ft.bits_per_byte(nll_i, doc.continuation), n_i)
+
         try:
             losses = ft.test_time_finetune(model, tokenizer, texts, lr=lr,
-                                           max_tokens=max_train_tokens)
-            nll, n_tok = ft.continuation_nll(model, tokenizer, doc.prompt, doc.continuation,
-                                             max_prompt_tokens=max_prompt_tokens)
+                                           max_tokens=max_train_tokens, after_step=score)
         finally:
             ft.restore(model, base)
-        rows.append({"doc": doc.key, "source": doc.source, "strategy": strategy,
-                     "steps": len(texts), "distinct": len(set(texts)),
-                     "bpb": ft.bits_per_byte(nll, doc.continuation), "tokens": n_tok,
-                     "first_loss": losses[0] if losses else float("nan"),
-                     "last_loss": losses[-1] if losses else float("nan")})
+        for s in [s for s in selected if host[s] == h]:
+            steps = len(selected[s])
+            mine = losses[:steps]
+            row = {"doc": doc.key, "source": doc.source, "strategy": s, "steps": steps,
+                   **duplicate_stats(selected[s]),
+                   "bpb": scores[steps][0], "tokens": scores[steps][1],
+                   "first_loss": mine[0] if mine else float("nan"),
+                   "last_loss": mine[-1] if mine else float("nan"),
+                   "trained_with": h}
+            if equal_compute_steps is not None:
+                at = min(equal_compute_steps, steps)
+                row["equal_compute_steps"] = at
+                row["bpb_equal_compute"] = scores[at][0]
+            rows.append(row)
+    order = {s: i for i, s in enumerate(["base", *selected])}
+    rows.sort(key=lambda r: order[r["strategy"]])
     return rows
 
 

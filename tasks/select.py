@@ -1,5 +1,7 @@
 """Test-time selection: retrieve K exact candidates per prompt from the partitioned index,
-pick N with SIFT, nearest neighbours or random.
+pick N with SIFT, nearest neighbours (plain, or NN-F: near-duplicates filtered), random,
+or Adaptive SIFT (SIFT stopped per prompt by the compute-proportional rule, so a prompt
+may get fewer than N picks: count its rows).
 
 All strategies report the prompt's posterior variance after every pick (same formula), so
 SIFT, nearest neighbours and random are comparable row by row in DuckDB. Prompts stream
@@ -23,7 +25,9 @@ from tasks.search_service import SearchService
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("sift", "nn", "random")
+STRATEGIES = ("sift", "nn", "nn-f", "random", "adaptive-sift")
+DEFAULT_DUP_THRESHOLD = sift_ops.DEFAULT_DUP_THRESHOLD
+DEFAULT_ALPHA = sift_ops.DEFAULT_ADAPTIVE_ALPHA
 
 
 @dataclass
@@ -65,35 +69,64 @@ def load_queries(path: str | Path) -> Queries:
     return Queries(ids, texts)
 
 
-def check_selection_args(strategy: str, k: int, n: int, lam: float) -> None:
+def check_selection_args(strategy: str, k: int, n: int, lam: float,
+                         dup_threshold: float = DEFAULT_DUP_THRESHOLD,
+                         alpha: float = DEFAULT_ALPHA) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be positive (got k={k}, n={n})")
     if not lam > 0:
         raise ValueError(f"lam must be > 0 (got {lam})")
+    if not -1.0 <= dup_threshold <= 2.0:
+        raise ValueError(f"dup_threshold is a cosine similarity, in [-1, 1] (above 1 turns "
+                         f"the filter off); got {dup_threshold}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0 (got {alpha})")
+
+
+def strategy_params(strategy: str, dup_threshold: float, alpha: float) -> dict:
+    """The parameters a strategy adds to a run's params (none for sift / nn / random, so
+    their run ids stay what they were before NN-F and Adaptive SIFT existed)."""
+    if strategy == "nn-f":
+        return {"dup_threshold": dup_threshold}
+    if strategy == "adaptive-sift":
+        return {"alpha": alpha}
+    return {}
 
 
 def select_block(service: SearchService, query_emb: np.ndarray, *, k: int, n: int,
                  lam: float, strategy: str, generator: torch.Generator | None = None,
-                 min_gain: float | None = None) -> dict[str, np.ndarray]:
+                 min_gain: float | None = None,
+                 dup_threshold: float = DEFAULT_DUP_THRESHOLD,
+                 alpha: float = DEFAULT_ALPHA) -> dict[str, np.ndarray]:
     """Retrieve + select for one block of prompts ``query_emb [b, d]``.
 
     Returns ``picks [b, n]`` (doc_id, -1 where none), ``rows [b, n]`` (vector-store rows,
     for fetching texts), ``variances [b, n]``, ``similarity [b, n]`` (exact inner product
-    of the pick with the prompt), ``prior [b]``.
+    of the pick with the prompt), ``prior [b]``, ``n_used [b]`` (real picks per prompt:
+    fewer than n when Adaptive SIFT stopped, NN-F ran out of non-duplicates or
+    ``min_gain`` stopped) and, for Adaptive SIFT, ``full_variances [b, n]``: SIFT's
+    variance path before the stop (what the rule looked at).
     """
-    check_selection_args(strategy, k, n, lam)
+    check_selection_args(strategy, k, n, lam, dup_threshold, alpha)
     k_eff = min(k, service.n_vectors)
     hits = service.search(query_emb, k_eff)
     valid = hits.rows >= 0
     select = {"sift": sift_ops.sift_select, "nn": sift_ops.nn_select,
-              "random": sift_ops.random_select}[strategy]
+              "nn-f": sift_ops.nnf_select, "random": sift_ops.random_select,
+              "adaptive-sift": sift_ops.sift_select}[strategy]
     kwargs = {"min_gain": min_gain, "valid": torch.from_numpy(valid)}
     if strategy == "random":
         kwargs["generator"] = generator or torch.Generator().manual_seed(0)
+    if strategy == "nn-f":
+        kwargs["dup_threshold"] = dup_threshold
     sel = select(torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32)),
                  torch.from_numpy(hits.vectors), n, lam, **kwargs)
+    extra = {}
+    if strategy == "adaptive-sift":
+        extra["full_variances"] = sel.variances.double().numpy()
+        sel = sift_ops.adaptive_stop(sel, alpha)
     idx = sel.indices.numpy()
     has = idx >= 0
     at = np.arange(len(idx))[:, None]
@@ -104,16 +137,19 @@ def select_block(service: SearchService, query_emb: np.ndarray, *, k: int, n: in
         "similarity": np.where(has, hits.scores[at, safe], np.nan).astype(np.float64),
         "variances": sel.variances.double().numpy(),
         "prior": sel.prior_variance.double().numpy(),
+        "n_used": sel.n_used.numpy().astype(np.int64),
+        **extra,
     }
 
 
 def select_for_queries(service: SearchService, query_emb: np.ndarray, *, k: int, n: int,
                        lam: float, strategy: str, seed: int = 0,
                        min_gain: float | None = None, block: int = 256,
-                       progress=None) -> dict[str, np.ndarray]:
+                       progress=None, dup_threshold: float = DEFAULT_DUP_THRESHOLD,
+                       alpha: float = DEFAULT_ALPHA) -> dict[str, np.ndarray]:
     """:func:`select_block` over ``query_emb [B, d]`` in blocks of ``block`` prompts;
     the arrays of all blocks concatenated."""
-    check_selection_args(strategy, k, n, lam)
+    check_selection_args(strategy, k, n, lam, dup_threshold, alpha)
     if k > service.n_vectors:
         log.warning("corpus has only %d vectors; retrieving K=%d instead of %d",
                     service.n_vectors, service.n_vectors, k)
@@ -122,7 +158,8 @@ def select_for_queries(service: SearchService, query_emb: np.ndarray, *, k: int,
     for start in range(0, len(query_emb), block):
         parts.append(select_block(service, query_emb[start : start + block], k=k, n=n,
                                   lam=lam, strategy=strategy, generator=gen,
-                                  min_gain=min_gain))
+                                  min_gain=min_gain, dup_threshold=dup_threshold,
+                                  alpha=alpha))
         if progress is not None:
             progress(len(parts[-1]["prior"]))
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

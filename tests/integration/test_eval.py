@@ -77,6 +77,25 @@ def test_eval_ttt_smoke(ws):
     assert [r[4] for r in rerun] == pytest.approx([r[4] for r in rows], rel=1e-4)
 
 
+def test_eval_ttt_nn_f_and_adaptive_sift(ws):
+    from flows.eval_ttt import eval_ttt_flow
+
+    out = eval_ttt_flow(name="tiny", workspace=ws.ws, sample=ws.sample, n_docs=2, n=4, k=8,
+                        lr=1e-3, seeds=[0], lm=ws.lm, max_train_tokens=32,
+                        prompt_chars=200, continuation_chars=120,
+                        strategies=["sift", "nn-f", "adaptive-sift"], alpha=0.4)
+    rows = {(s, m): v for s, _b, _seed, m, v in _rows(ws.ws, out["run_id"])}
+    assert 1 <= rows[("adaptive-sift", "steps")] < 4 == rows[("sift", "steps")]
+    for s in ("sift", "nn-f", "adaptive-sift"):
+        assert math.isfinite(rows[(s, "bpb_equal_compute_minus_base")])
+        assert 0 <= rows[(s, "dup_near")] <= 1
+    report = Path(ws.ws) / "reports" / out["run_id"]
+    docs = [json.loads(x) for x in (report / "ttt_documents.jsonl").read_text().splitlines()]
+    for d in (d for d in docs if d["strategy"] == "adaptive-sift"):
+        assert d["trained_with"] == "sift"  # scored part-way through SIFT's run
+        assert d["bpb"] == d["bpb_equal_compute"]
+
+
 def test_eval_budget_smoke(ws):
     from flows.eval_budget import eval_budget_flow
 

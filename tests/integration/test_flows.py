@@ -204,6 +204,41 @@ def test_select_sift_and_nn_write_comparable_rows(tiny, embedded):
                     [runs["sift"]["run_id"]]) == [(6 * n,)]
 
 
+def test_select_nn_f_and_adaptive_sift_rows(tiny, embedded):
+    """NN-F's picks per prompt are never near-duplicates of each other; Adaptive SIFT's
+    rows are SIFT's first picks, as many per prompt as it took (at most n)."""
+    from flows.index import index_flow
+    from flows.select import select_flow
+
+    index_flow(name="tiny", workspace=tiny.ws)
+    dbf = db_path(tiny.ws)
+    k, n = 40, 8
+    runs = {s: select_flow(name="tiny", queries=tiny.queries, workspace=tiny.ws, k=k, n=n,
+                           strategy=s, dup_threshold=0.6, alpha=0.3)
+            for s in ("sift", "nn-f", "adaptive-sift")}
+
+    def picks(strategy: str) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for qid, doc, strat in db.query(dbf, "SELECT query_id, doc_id, strategy FROM "
+                                        "test_time_selections WHERE run_id = ? ORDER BY "
+                                        "query_id, rank", [runs[strategy]["run_id"]]):
+            assert strat == strategy
+            out.setdefault(qid, []).append(doc)
+        return out
+
+    reader = CorpusReader(tiny.ws, "tiny")
+    for docs in picks("nn-f").values():
+        e = reader.fetch(np.array(docs))["embedding"]
+        sims = e @ e.T
+        assert (sims[~np.eye(len(docs), dtype=bool)] < 0.6).all()
+    sift, adaptive = picks("sift"), picks("adaptive-sift")
+    assert all(1 <= len(a) <= n and a == sift[q][:len(a)] for q, a in adaptive.items())
+    assert runs["adaptive-sift"]["mean_picks"] < n  # alpha 0.3 stops before 8 here
+    params = db.query(dbf, "SELECT params->>'alpha' FROM runs WHERE run_id = ?",
+                      [runs["adaptive-sift"]["run_id"]])
+    assert params == [("0.3",)]
+
+
 def test_select_rejects_unknown_strategy_and_bad_queries(tiny, embedded, tmp_path):
     from flows.select import select_flow
 

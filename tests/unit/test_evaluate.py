@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,17 @@ def test_load_pool_pairs_builds_the_rank_prompt(tmp_path):
     refs.write_text(json.dumps({"item_id": "a", "response": "ok"}) + "\n")
     with pytest.raises(ValueError, match="no reference response"):
         ev.load_pool_pairs(pool, refs)
+
+
+def test_duplicate_stats_counts_exact_and_near_copies():
+    from tasks.evaluate import duplicate_stats
+
+    a = " ".join(f"word{i}" for i in range(60))
+    near = "Boilerplate header line\n\n" + a.replace("word30", "changed")
+    other = " ".join(f"other{i}" for i in range(60))
+    st = duplicate_stats([a, other, a, near])
+    assert st["dup_exact"] == 0.25  # the second `a`
+    assert st["dup_near"] == 0.5  # ... and the edited copy
+    assert st["distinct"] == 3 and st["distinct_near"] == 2
+    assert duplicate_stats([a, other])["dup_near"] == 0.0
+    assert math.isnan(duplicate_stats([])["dup_near"])

@@ -120,3 +120,27 @@ def test_encode_pair_masks_prompt_and_sft_lowers_response_loss(tiny):
         assert n1 == n0 and nll1 < 0.7 * nll0
     finally:
         restore(model, state)
+
+
+def test_prefix_strategies_are_scored_part_way_with_identical_numbers(tiny):
+    """Adaptive SIFT's picks are a prefix of SIFT's: scoring it part-way through SIFT's run
+    gives exactly the numbers of a run of its own (and equal compute is scored too)."""
+    from tasks.evaluate import HeldOutDoc, ttt_rows_for_doc
+
+    model, tok = tiny
+    base = snapshot(model)
+    doc = HeldOutDoc("code:x", "code", "def add(a, b):", " return a + b")
+    texts = ["def add(a, b): return a + b", "x = add(1, 2)", "def sub(a, b): return a - b"]
+    shared = ttt_rows_for_doc(model, tok, base, doc, {"long": texts, "short": texts[:2]},
+                              lr=1e-2, max_train_tokens=32, equal_compute_steps=1)
+    alone = ttt_rows_for_doc(model, tok, base, doc, {"short": texts[:2]}, lr=1e-2,
+                             max_train_tokens=32)
+    one = ttt_rows_for_doc(model, tok, base, doc, {"one": texts[:1]}, lr=1e-2,
+                           max_train_tokens=32)
+    assert same_weights(model, base)
+    by = {r["strategy"]: r for r in shared}
+    assert [r["strategy"] for r in shared] == ["base", "long", "short"]
+    assert by["short"]["trained_with"] == "long" and by["short"]["steps"] == 2
+    assert by["short"]["bpb"] == alone[1]["bpb"]  # bit-identical
+    assert by["long"]["bpb"] != by["short"]["bpb"]
+    assert by["long"]["bpb_equal_compute"] == by["short"]["bpb_equal_compute"] == one[1]["bpb"]

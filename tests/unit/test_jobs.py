@@ -242,3 +242,10 @@ def test_serve_refuses_a_bad_jobs_file_before_serving(tmp_path, capsys):
 def test_parse_jobs_rejects_a_non_mapping():
     with pytest.raises(ConfigError, match="expected a mapping with a 'jobs' key"):
         parse_jobs([1, 2], "x.yaml")
+
+
+def test_nn_f_is_a_valid_curation_strategy():
+    from flows.jobs import CurationJob
+
+    job = CurationJob(strategies=["nn-f", "random"], handoff_strategy="nn-f")
+    assert job.strategies == ["nn-f", "random"]

@@ -171,3 +171,25 @@ def test_large_groups_use_the_ivf_graph():
     g = (exact, exact_sim)
     assert facility_location_objective(g, r.index) >= 0.97 * facility_location_objective(
         g, ref.index)
+
+
+def test_nn_f_ranks_by_target_similarity_and_skips_near_duplicates():
+    from sift_ops.sift import DEFAULT_DUP_THRESHOLD
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 16))
+    x[20:30] = x[:10] + 1e-4 * rng.normal(size=(10, 16))  # near copies of items 0-9
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    t = x[:3].mean(axis=0, keepdims=True)
+    r = rank_items("nn-f", x, None, None, None, 15, targets=t)
+    picks = r.index.tolist()
+    assert len(picks) == 15
+    sims = x[picks] @ x[picks].T
+    assert (sims[~np.eye(15, dtype=bool)] < DEFAULT_DUP_THRESHOLD).all()
+    assert not ({0, 1, 2} <= set(picks) and {20, 21, 22} & set(picks))
+    assert np.all(np.diff(r.score) <= 1e-12)  # most similar to the targets first
+    # labelled items count as chosen: their copies are skipped too
+    lab = np.zeros(40, dtype=bool)
+    lab[:10] = True
+    r2 = rank_items("nn-f", x, None, None, None, 15, targets=t, labeled=lab)
+    assert not set(r2.index.tolist()) & (set(range(10)) | set(range(20, 30)))

@@ -240,3 +240,78 @@ def test_default_build_size(tmp_path: Path) -> None:
     for q in queries:
         for piece in _query_pieces(q["text"]):
             assert piece not in everything, (q["query_id"], piece)
+
+
+# --------------------------------------------------------------------------- redundancy
+
+
+def test_copy_counts_are_heavy_tailed() -> None:
+    import random as _random
+
+    rng = _random.Random(0)
+    counts = [sample._copy_count(rng) for _ in range(20_000)]
+    share = {c: counts.count(c) / len(counts) for c in (1, 2)}
+    assert 0.76 < share[1] < 0.81 and 0.10 < share[2] < 0.14  # most recur once or twice
+    assert sum(c >= 10 for c in counts) / len(counts) > 0.005  # ... a few many times
+    assert max(counts) >= 30
+    assert 1.45 < sum(counts) / len(counts) < 1.65  # mean 1.55: the Pile-like rate at R=0.3
+
+
+@pytest.mark.parametrize("source", [NEWS_SOURCE, CODE_SOURCE])
+def test_near_copies_differ_lightly(source: str) -> None:
+    import random as _random
+
+    from tasks.evaluate import duplicate_stats
+
+    if source == NEWS_SOURCE:
+        text = " ".join(f"Sentence number {i} says something about topic {i}." for i in range(12))
+        donor = "A donor article has its own sentence here. And another one follows it."
+    else:
+        text = "\n".join(["def f(x):", *[f"    y{i} = x + {i}" for i in range(12)],
+                          "    return y0"])
+        donor = "def g(a):\n    return a * 2  # double the value\n"
+    rng = _random.Random(1)
+    for kind in sample.NEAR_COPY_KINDS:
+        for _ in range(5):
+            copy = sample._near_copy(text, source, kind, [donor], rng)
+            assert copy != text, kind
+            # a near copy: its word 3-grams overlap the original's
+            assert duplicate_stats([text, copy])["dup_near"] == 0.5, (kind, copy)
+
+
+def test_redundant_sample(tmp_path: Path, tiny: tuple[Path, dict]) -> None:
+    clean_out, clean = tiny
+    out = tmp_path / "r"
+    res = build_sample(out, **TINY, redundancy=0.3)
+    assert "redundancy" not in clean
+    red = res["redundancy"]
+    assert red["recurring_docs"] == round(0.3 * clean["n_docs"])
+    assert res["n_docs"] == clean["n_docs"] + red["copies"]
+    assert sum(red["copies_by_kind"].values()) == red["copies"]
+    assert red["copies_by_kind"]["exact"] > 0 and len(red["copies_by_kind"]) >= 3
+    # held-out prompts, pool and references are byte-identical to the clean sample's
+    for name in ("queries.jsonl", "pool.jsonl", "pool_references.jsonl"):
+        assert (out / name).read_bytes() == (clean_out / name).read_bytes()
+    docs = [d.text for d in _corpus(out)]
+    originals = [d.text for d in _corpus(clean_out)]
+    # the clean corpus is a subsequence of the redundant one (same order), the rest copies
+    it = iter(docs)
+    assert all(any(t == o for t in it) for o in originals)
+    extra = list(docs)
+    for o in originals:
+        extra.remove(o)
+    assert len(extra) == red["copies"]
+    exact = [t for t in extra if t in set(originals)]
+    assert len(exact) == red["copies_by_kind"]["exact"]
+    from tasks.evaluate import duplicate_stats
+
+    for t in extra:  # every near copy is close to one original and equal to none
+        if t not in set(originals):
+            assert any(duplicate_stats([o, t])["dup_near"] == 0.5 for o in originals)
+    # prompts still quote nothing the corpus contains
+    everything = "\x00".join(docs)
+    for q in _read_jsonl(out / "queries.jsonl"):
+        for piece in _query_pieces(q["text"]):
+            assert piece not in everything, (q["query_id"], piece)
+    with pytest.raises(ValueError, match="redundancy"):
+        build_sample(tmp_path / "bad", **TINY, redundancy=1.5)

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from sift_ops.sift import (
     Selection,
+    adaptive_stop,
     nn_select,
+    nnf_select,
     posterior_variance,
     random_select,
     sift_select,
@@ -410,3 +412,86 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(cpu.variances, gpu.variances.cpu())
     r = random_select(q.cuda(), c.cuda(), 5, seed=0)
     assert torch.equal(r.indices.cpu(), random_select(q, c, 5, seed=0).indices)
+
+
+# ----------------------------------------------------------------------------- NN-F
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.8, 0.999])
+def test_nnf_never_picks_a_pair_above_the_threshold(threshold):
+    q, c = make_problem(3, B=6, K=40, d=8, m=None, dup=True)
+    sel = nnf_select(q, c, 15, dup_threshold=threshold)
+    cn = _unit(c)
+    for b in range(6):
+        picks = [i for i in sel.indices[b].tolist() if i >= 0]
+        assert len(picks) == int(sel.n_used[b]) and len(set(picks)) == len(picks)
+        sims = cn[b, picks] @ cn[b, picks].T
+        off = sims[~torch.eye(len(picks), dtype=torch.bool)]
+        assert bool((off < threshold).all())
+        # greedy in NN order: every skipped higher-scoring candidate is too close to a pick
+        score = (c[b] @ q[b]).tolist()
+        last = score[picks[-1]]
+        for j in range(40):
+            if j not in picks and score[j] > last:
+                assert float((cn[b, picks] @ cn[b, j]).max()) >= threshold
+    # the filter had work to do: plain NN picks near-identical copies (dup=True) together
+    nn = nn_select(q, c, 15).indices
+    sims = torch.einsum("bid,bjd->bij", gather_sets(cn, nn), gather_sets(cn, nn))
+    assert bool((sims - 2 * torch.eye(15) >= 0.999).any())
+
+
+def test_nnf_without_filter_is_nn_and_variances_follow_the_closed_form():
+    q, c = make_problem(5, B=4, K=30, d=6, m=2, dup=True)
+    off = nnf_select(q, c, 10, dup_threshold=2.0)
+    assert torch.equal(off.indices, nn_select(q, c, 10).indices)
+    sel = nnf_select(q, c, 10, lam=0.1, dup_threshold=0.9, dtype=torch.float64)
+    for b in range(4):
+        k = int(sel.n_used[b])
+        idx = sel.indices[b : b + 1, :k]
+        ref = closed_form_path(q[b : b + 1], c[b : b + 1], idx, 0.1)
+        assert torch.allclose(sel.variances[b, :k], ref[0], atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- Adaptive SIFT
+
+
+def test_adaptive_stop_follows_the_rule_and_stops_on_a_plateau():
+    n = 30
+    steps = torch.arange(1, n + 1, dtype=torch.float64)
+    falling = 1.0 / steps**2  # sigma_n = 1/n: alpha * n * sigma_n = alpha, never > 1
+    plateau = torch.full((n,), 0.25, dtype=torch.float64)  # sigma_n = 0.5 from the start
+    sel = Selection(torch.arange(n).repeat(2, 1), torch.stack([falling, plateau]),
+                    torch.full((2,), n), torch.ones(2, dtype=torch.float64))
+    out = adaptive_stop(sel, alpha=0.1)
+    assert out.n_used.tolist() == [30, 20]  # 0.1 * n * 0.5 <= 1  <=>  n <= 20
+    assert out.indices[1, :20].tolist() == list(range(20))
+    assert (out.indices[1, 20:] == -1).all()
+    assert (out.variances[1, 20:] == 0.25).all()
+    assert adaptive_stop(sel, alpha=0.2).n_used.tolist() == [30, 10]
+
+
+def test_adaptive_sift_takes_fewer_steps_when_candidates_are_redundant():
+    """Candidates that are copies of a few texts: uncertainty plateaus after the few
+    distinct ones, so Adaptive SIFT stops early; with diverse candidates it goes on."""
+    g = torch.Generator().manual_seed(0)
+    d, K = 64, 60
+    q = _unit(torch.randn(2, d, generator=g, dtype=torch.float64))
+    diverse = _unit(q.unsqueeze(1) + 1.5 * torch.randn(1, K, d, generator=g,
+                                                        dtype=torch.float64))
+    few = diverse[:, :3].repeat(1, K // 3, 1)  # 3 distinct texts, 20 copies each
+    c = torch.cat([diverse[:1], few[1:]])
+    full = sift_select(q, c, 40, lam=0.01)
+    out = adaptive_stop(full, alpha=0.1)
+    assert int(out.n_used[1]) < int(out.n_used[0])
+    assert int(out.n_used[1]) < 40
+    # the kept picks are SIFT's own first picks
+    k = int(out.n_used[1])
+    assert torch.equal(out.indices[1, :k], full.indices[1, :k])
+
+
+def test_adaptive_stop_and_nnf_errors():
+    q, c = make_problem(0, B=1, K=5, d=3, m=None)
+    with pytest.raises(ValueError, match="alpha"):
+        adaptive_stop(sift_select(q, c, 2), alpha=0.0)
+    with pytest.raises(ValueError, match="dup_threshold"):
+        nnf_select(q, c, 2, dup_threshold=float("nan"))
