@@ -96,7 +96,10 @@ def main() -> None:
     pile = sample["paths"]["pile_dir"]
     files = [str(p) for p in discover_inputs(pile)]
 
-    # 1. the CPU stage alone, in this process
+    # 1. the CPU stage alone, in this process (tokenizer loaded first: a worker loads it once)
+    from tasks.embed import _chunker
+
+    _chunker(None, None, False)
     emit(bench="embed", step="tokenise", load=load())
     t0 = time.perf_counter()
     seqs: list = []  # the chunks' token ids, exactly what the pipeline's encoder gets
@@ -129,8 +132,9 @@ def main() -> None:
     pipe_marginal = marginal_chunks / marginal_s
     startup_s = (first_t - t0) - arrivals[0][1] / pipe_marginal
 
-    table = pq.read_table([str(p) for p in paths.shard_files()], columns=["text"])
+    table = pq.read_table([str(p) for p in paths.shard_files()], columns=["text", "n_tokens"])
     texts = table["text"].to_pylist()
+    chars_per_token = sum(map(len, texts)) / max(1, int(np.sum(table["n_tokens"].to_numpy())))
     model = default_encoder_path()
 
     emit(bench="embed", step="bare_sorted", load=load())
@@ -172,7 +176,8 @@ def main() -> None:
              seconds=bf16["seconds"], chunks_per_s=len(seqs) / bf16["seconds"],
              min_cosine_vs_fp32=bf16["min_cosine"], probe_min_cosine=bf16["probe_min_cosine"])
     emit(bench="embed", summary=True, chunks=n, cpus=os.cpu_count(), threads=args.threads,
-         mean_tokens_per_chunk=n_tokens / max(len(seqs), 1),
+         mean_tokens_per_chunk=n_tokens / max(len(seqs), 1), chars_per_token=chars_per_token,
+         docs=args.n_docs,
          marginal_over_bare_sorted=pipe_marginal / (len(texts) / bare_s),
          wall_over_bare_sorted=(n / pipe_wall) / (len(texts) / bare_s),
          encode_ids_over_bare_sorted=(len(seqs) / ids_s) / (len(texts) / bare_s),

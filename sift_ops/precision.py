@@ -38,9 +38,10 @@ __all__ = [
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
-#: padded tokens per encoder forward pass on CPU: 32 full 256-token windows. On 2 cores the
-#: throughput is flat from ~4k to ~16k tokens per batch (benchmarks/README.md); smaller
-#: batches keep the latency of a shard's last batch low.
+#: padded tokens per encoder forward pass on CPU: 32 full 256-token windows (the old fixed 64
+#: rows were 16,384 tokens for full windows). Not tuned beyond that: on CPU a forward pass
+#: costs about the same per token from a few thousand tokens up, and smaller batches keep
+#: the latency of a shard's last batch low.
 CPU_TOKEN_BUDGET = 8192
 #: never more than this many padded tokens per pass, whatever the memory: beyond ~256k
 #: tokens a GPU is saturated and a larger batch only delays the first result.
