@@ -19,9 +19,10 @@ the batch fills) and by a row cap, so little compute goes to padding, long promp
 batch with few others and short ones with many; results come back in input order.
 ``generate`` runs the prompt as one prefill pass (logits of the last position only) and then
 one cached decode step per token.  On CUDA the budget comes from the free memory
-(:func:`lm_token_budget`); the model's dtype (bf16 on CUDA, see
-:func:`sift_ops.causal_lm.load_causal_lm`) only changes the forward passes: the
-uncertainty scores are always computed in float32.
+(:func:`lm_token_budget`). The model's dtype only changes the forward passes (the
+uncertainty scores are always computed in float32), but bf16 forward passes change the
+greedy answers themselves (measured: benchmarks/README.md), so scoring runs float32 unless
+bf16 is asked for.
 """
 
 from __future__ import annotations
