@@ -5,7 +5,12 @@
    loop on the same prompts (same model, chat template, left padding, batch size,
    max_new_tokens, greedy, 2 torch threads) in the same run.  Reported: items/s of each and
    ``ratio = stage / bare`` twice: on wall time (the stage's Ray start-up, actor start and
-   model load included) and on the actor's busy time (generation + scoring only).
+   model load included) and on the actor's busy time (generation + scoring only: the
+   marginal rate), with the start-up (wall - busy) reported on its own.  ``--score-check``
+   also measures how much the scores move: the stage's scores against ``greedy_scores`` in
+   the old fixed batches (same dtype: must be equal up to float noise) and against bf16
+   on CPU (the dtype CUDA runs): max |delta| per score and the share of identical
+   response lengths.
 2. Selection time per strategy (sift_ops.pool_strategies.rank_items) on synthetic
    clustered 384-d unit embeddings and random uncertainty scores, 2 groups, at 10k and
    100k items, with the same budget in items.
@@ -46,7 +51,7 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
     parquet = ingest_pool_files(sample["paths"]["pool"],
                                 pool_dir(work / "ws", "bench")).items_path
     lm_path = resolve_lm_path(args.lm, args.models)
-    items = pq.read_table(parquet, columns=["instruction", "input"])
+    items = pq.read_table(parquet, columns=["item_id", "instruction", "input"])
     texts = [prompt_text(a, b) for a, b in zip(items.column("instruction").to_pylist(),
                                                items.column("input").to_pylist(), strict=True)]
 
@@ -54,9 +59,10 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
 
     ensure_ray(address="local")  # our own Ray, never another process's instance
     # the flow's stage: Ray Data, one actor holding the LM
+    emit(bench="lm_scoring", step="stage", load=[round(x, 2) for x in os.getloadavg()])
     table, stats = score_pool(parquet, lm_path, max_new_tokens=args.max_new_tokens,
                               gen_batch_size=args.batch, rows_per_call=args.batch * 4,
-                              threads=args.threads)
+                              threads=args.threads, token_budget=args.token_budget)
     import ray
 
     ray.shutdown()  # free the actor's cores before the bare loop
@@ -68,6 +74,7 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
     load_s = time.perf_counter() - t_load
     prompts = build_prompts(tok, texts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as the stage does
+    emit(bench="lm_scoring", step="bare", load=[round(x, 2) for x in os.getloadavg()])
     t0 = time.perf_counter()
     with torch.inference_mode():
         for s in range(0, len(order), args.batch):
@@ -79,6 +86,8 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
     bare_s = time.perf_counter() - t0
     n = len(texts)
     bare = n / bare_s
+    if args.score_check:
+        score_check(args, model, tok, texts, items.column("item_id").to_pylist(), table)
     emit(bench="lm_scoring", model=os.path.basename(lm_path), items=n,
          max_new_tokens=args.max_new_tokens, batch=args.batch, threads=args.threads,
          stage_items_per_s_wall=stats["items_per_s"],
@@ -86,7 +95,39 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
          bare_items_per_s=bare, bare_load_s=load_s,
          ratio_wall=stats["items_per_s"] / bare,
          ratio_busy=stats["compute_items_per_s"] / bare,
+         stage_startup_s=stats["seconds"] - stats["actor_seconds"],
+         token_budget=args.token_budget, load_end=[round(x, 2) for x in os.getloadavg()],
          mean_gen_tokens=float(table.column("gen_tokens").to_numpy().mean()))
+
+
+def score_check(args: argparse.Namespace, model, tok, texts: list[str], ids: list[str],
+                table) -> None:
+    """How far the stage's scores are from the old fixed batches (float32) and from bf16."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from sift_ops.generation import SCORE_KEYS, greedy_scores
+
+    pos = {i: r for r, i in enumerate(table.column("item_id").to_pylist())}
+    rows = np.array([pos[i] for i in ids])  # the stage's rows in the order of ``texts``
+    stage = {k: table.column(k).to_numpy()[rows] for k in SCORE_KEYS}
+    for name, m, kwargs in (
+            ("fixed_batches_fp32", model, {"batch_size": args.batch}),
+            ("bf16_cpu", copy.deepcopy(model).to(torch.bfloat16),
+             {"batch_size": args.batch, "token_budget": args.token_budget})):
+        t0 = time.perf_counter()
+        ref = greedy_scores(m, tok, texts, max_new_tokens=args.max_new_tokens, **kwargs)
+        secs = time.perf_counter() - t0
+        same = ref["gen_tokens"] == stage["gen_tokens"]
+        emit(bench="lm_scoring", score_check=name, items=len(texts), seconds=secs,
+             items_per_s=len(texts) / secs, same_gen_tokens=float(same.mean()),
+             **{f"max_abs_delta_{k}": float(np.nanmax(np.abs(ref[k] - stage[k])))
+                for k in SCORE_KEYS[:5]},
+             **{f"max_abs_delta_{k}_same_length": float(np.nanmax(
+                 np.abs(ref[k][same] - stage[k][same])) if same.any() else np.nan)
+                for k in SCORE_KEYS[:5]})
 
 
 def synthetic(n: int, d: int, seed: int):
@@ -125,6 +166,10 @@ def main() -> None:
     p.add_argument("--items", type=int, default=48, help="pool items scored by the LM")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="stage's padded tokens per generate call (default: none on CPU)")
+    p.add_argument("--score-check", action="store_true",
+                   help="also compare scores with fixed fp32 batches and with bf16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lm", default=None, help="local HF folder (default: bundled SmolLM2)")
     p.add_argument("--models", default=str(Path.home() / ".cache" / "sift-curation"),

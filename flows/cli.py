@@ -86,7 +86,15 @@ def embed(
     name: Annotated[str, typer.Option(help="Corpus name (folder under <workspace>/corpora)")],
     model: Annotated[str | None, typer.Option(help="Local Hugging Face encoder folder. "
                                               "Default: bundled all-MiniLM-L6-v2")] = None,
-    batch_size: Annotated[int, typer.Option(help="Chunks per encoder forward pass")] = 64,
+    batch_size: Annotated[int | None, typer.Option(
+        help="At most this many chunks per encoder forward pass (default: the token budget "
+        "alone decides)")] = None,
+    token_budget: Annotated[int | None, typer.Option(
+        help="Padded tokens per encoder forward pass (default: from free GPU memory; "
+        "8192 on CPU)")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="Encoder dtype: auto (float32 on CPU; bf16, else fp16, on CUDA, checked "
+        "against float32 at cosine >= 0.999), float32, bfloat16 or float16")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Chunk length in tokens (default and "
                                                    "maximum: the encoder's)")] = None,
     shard_docs: Annotated[int, typer.Option(help="Input lines per Parquet shard (fixed for a "
@@ -105,8 +113,9 @@ def embed(
     from flows.embed import embed_flow
 
     _show(embed_flow(corpus=corpus, name=name, workspace=ws, model=model,
-                     batch_size=batch_size, max_tokens=max_tokens, shard_docs=shard_docs,
-                     actors=actors, gpus_per_actor=gpus_per_actor, ray_address=ray_address,
+                     batch_size=batch_size, token_budget=token_budget, dtype=dtype,
+                     max_tokens=max_tokens, shard_docs=shard_docs, actors=actors,
+                     gpus_per_actor=gpus_per_actor, ray_address=ray_address,
                      trust_remote_code=trust_remote_code, run_id=run_id))
 
 

@@ -60,7 +60,7 @@ def embed_flow(
     name: str,
     workspace: str | None = None,
     model: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     max_tokens: int | None = None,
     shard_docs: int = 2000,
     actors: int = 1,
@@ -68,14 +68,20 @@ def embed_flow(
     ray_address: str | None = None,
     trust_remote_code: bool = False,
     run_id: str | None = None,
+    token_budget: int | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Embed ``corpus`` (Pile JSONL[.gz|.zst] or Parquet files, a folder or a glob) into
     ``<workspace>/corpora/<name>``; finished shards are skipped on rerun.
 
     One embed or index run per corpus at a time: a second one fails fast with
     "workspace busy". ``ray_address`` (or $RAY_ADDRESS) runs the Ray stages on a cluster.
+    Batches hold ``token_budget`` padded tokens (default: from free GPU memory, 8192 on
+    CPU), at most ``batch_size`` chunks when given; ``dtype`` None/"auto" is float32 on
+    CPU and bf16/fp16 on CUDA (kept only if it matches float32 at cosine >= 0.999).
     """
-    cfg = EmbedConfig(model=model, batch_size=batch_size, max_tokens=max_tokens,
+    cfg = EmbedConfig(model=model, batch_size=batch_size, token_budget=token_budget,
+                      dtype=dtype, max_tokens=max_tokens,
                       shard_docs=shard_docs, actors=actors, gpus_per_actor=gpus_per_actor,
                       ray_address=ray_address, trust_remote_code=trust_remote_code)
     corpus = str(Path(corpus).expanduser().resolve()) if Path(corpus).exists() else corpus

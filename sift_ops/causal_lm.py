@@ -169,25 +169,38 @@ def load_causal_lm(
     *,
     cache_dir: str | Path | None = None,
     device: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype | None = torch.float32,
     trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` in eval mode, tokenizer padding on the left.
 
     Left padding lets a batch of prompts be generated together: every row's last prompt
     token sits in the same column. A tokenizer without a pad token reuses its EOS token.
+    ``dtype`` None/"auto" follows :func:`sift_ops.precision.choose_dtype` for a causal LM:
+    float32 on CPU, bf16 on CUDA where supported (never fp16), float32 otherwise.
+    Attention uses PyTorch's fused SDPA kernels when the architecture supports them.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sift_ops import precision
 
     path = resolve_lm_path(lm, cache_dir, trust_remote_code=trust_remote_code)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
-                                                 trust_remote_code=trust_remote_code)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    dev = precision.resolve_device(device)
+    dtype = precision.choose_dtype(dev.type, dtype,
+                                   bf16_supported=precision.cuda_bf16_supported(dev),
+                                   allow_fp16=False)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, attn_implementation=precision.attention_implementation(), **kwargs)
+    except (ValueError, ImportError) as err:  # an architecture without SDPA support
+        log.info("causal LM %s: SDPA attention unavailable (%s); using the default", path, err)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.to(dev).eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok

@@ -13,8 +13,16 @@ Pure torch/transformers.  For a batch of prompts:
 
 A response ends at its first EOS token; the EOS position itself is scored (the model's
 confidence in stopping is part of its answer) but not counted in ``gen_tokens``.
-Prompts are processed in length-sorted micro-batches so that little compute goes to
-padding; results come back in input order.
+Prompts are tokenised once and processed in length-sorted micro-batches bounded by a token
+budget (rows x (longest prompt + max_new_tokens) padded tokens, the size of the KV cache
+the batch fills) and by a row cap, so little compute goes to padding, long prompts share a
+batch with few others and short ones with many; results come back in input order.
+``generate`` runs the prompt as one prefill pass (logits of the last position only) and then
+one cached decode step per token.  On CUDA the budget comes from the free memory
+(:func:`lm_token_budget`). The model's dtype only changes the forward passes (the
+uncertainty scores are always computed in float32), but bf16 forward passes change the
+greedy answers themselves (measured: benchmarks/README.md), so scoring runs float32 unless
+bf16 is asked for.
 """
 
 from __future__ import annotations
@@ -25,9 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sift_ops.embedding import budget_batches
+from sift_ops.precision import MAX_TOKEN_BUDGET, device_free_bytes
 from sift_ops.uncertainty import UNCERTAINTY_KEYS, token_uncertainty
 
-__all__ = ["SCORE_KEYS", "build_prompts", "count_tokens", "greedy_scores", "prompt_text"]
+__all__ = ["SCORE_KEYS", "build_prompts", "count_tokens", "greedy_scores", "lm_token_budget",
+           "prompt_text"]
 
 #: every per-item number :func:`greedy_scores` returns
 SCORE_KEYS = (*UNCERTAINTY_KEYS, "gen_tokens", "prompt_tokens")
@@ -70,6 +81,41 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
+def lm_token_budget(free_bytes: int, *, layers: int, hidden: int, intermediate: int,
+                    kv_dim: int, vocab: int, max_new_tokens: int, dtype_bytes: int,
+                    fraction: float = 0.5) -> tuple[int, int]:
+    """``(token_budget, max_rows)`` for greedy scoring in ``fraction`` of ``free_bytes``.
+
+    Per token of the batch (prompt + response, padded): the KV cache, 2 x layers x kv_dim
+    values, plus one layer's activations during prefill (6 x hidden + 2 x intermediate),
+    twice for slack. Per row: the raw logits kept for scoring, max_new_tokens x vocab, in the
+    model dtype and again as float32 when scored; that bounds the rows.
+    """
+    per_token = (2 * layers * kv_dim + 2 * (6 * hidden + 2 * intermediate)) * dtype_bytes
+    per_row = max_new_tokens * vocab * (dtype_bytes + 4)
+    usable = fraction * max(free_bytes, 0)
+    budget = int(min(usable / 2 // per_token, MAX_TOKEN_BUDGET))
+    rows = int(max(1, usable / 2 // per_row))
+    return max(budget, 1), rows
+
+
+def _model_token_budget(model: Any, max_new_tokens: int) -> tuple[int | None, int | None]:
+    dev = next(model.parameters()).device
+    free = device_free_bytes(dev)
+    if free is None:
+        return None, None
+    cfg = model.config
+    hidden = int(cfg.hidden_size)
+    heads = int(getattr(cfg, "num_attention_heads", 1))
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    return lm_token_budget(
+        free, layers=int(cfg.num_hidden_layers), hidden=hidden,
+        intermediate=int(getattr(cfg, "intermediate_size", 4 * hidden)),
+        kv_dim=kv_heads * head_dim, vocab=int(cfg.vocab_size), max_new_tokens=max_new_tokens,
+        dtype_bytes=next(model.parameters()).element_size())
+
+
 @torch.inference_mode()
 def greedy_scores(
     model: Any,
@@ -77,8 +123,9 @@ def greedy_scores(
     texts: Sequence[str],
     *,
     max_new_tokens: int = 64,
-    batch_size: int = 16,
+    batch_size: int | None = 16,
     max_prompt_tokens: int = 1024,
+    token_budget: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Greedy-generate a response to every text and score it.
 
@@ -86,9 +133,14 @@ def greedy_scores(
         model, tokenizer: from :func:`sift_ops.causal_lm.load_causal_lm` (left padding).
         texts: ``n`` user prompts (see :func:`prompt_text`).
         max_new_tokens: response length cap (tokens).
-        batch_size: prompts per ``generate`` call.
+        batch_size: at most this many prompts per ``generate`` call (None: the token
+            budget alone; on CUDA the free memory also caps the rows).
         max_prompt_tokens: longer templated prompts keep their LAST tokens (the end of
             the input and the generation prompt matter most for the response).
+        token_budget: at most this many padded tokens (rows x (longest prompt +
+            max_new_tokens)) per call; None: from the free CUDA memory, or no token bound
+            on CPU (the row cap alone, as before). A prompt longer than the budget is
+            generated alone.
 
     Returns:
         dict of ``[n]`` arrays: the five uncertainty scores (float64, NaN for an empty
@@ -103,13 +155,15 @@ def greedy_scores(
         return out
     prompts = build_prompts(tokenizer, texts)
     enc = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    lengths = np.fromiter((len(x) for x in enc), dtype=np.int64, count=n)
-    order = np.argsort(lengths, kind="stable")
+    lengths = np.fromiter((min(len(x), max_prompt_tokens) for x in enc), dtype=np.int64,
+                          count=n)
+    mem_budget, mem_rows = _model_token_budget(model, max_new_tokens)
+    budget = token_budget or mem_budget or np.iinfo(np.int64).max
+    caps = [c for c in (batch_size, mem_rows) if c]
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
     dev = next(model.parameters()).device
-    for s in range(0, n, batch_size):
-        rows = order[s : s + batch_size]
+    for rows in budget_batches(lengths + max_new_tokens, budget, min(caps) if caps else None):
         ids = [enc[i][-max_prompt_tokens:] for i in rows]
         width = max(len(x) for x in ids)
         # left padding by hand: the token lists already exist, no second tokenizer pass

@@ -2,12 +2,17 @@
 
 Pipeline (streaming; memory is bounded by a few shards, never by the corpus):
 
-    read (one Ray read task per input file, yields one Arrow *row* per shard: the shard's
-          ``shard_docs`` consecutive lines, or ``shard_chars`` characters of text, as lists)
-      -> ShardEmbedder actors, one shard per call (chunk to the encoder's max tokens, embed
-         in length-sorted batches, write ``part-FFFFF-BBBBB.parquet`` + quarantine
-         atomically, return stats)
+    read + tokenise (CPU: one Ray read task per input file, yields one Arrow *row* per
+          shard: the shard's ``shard_docs`` consecutive lines, or ``shard_chars`` characters
+          of text, decompressed, parsed and cut into windows of token ids by the encoder's
+          tokenizer (:class:`sift_ops.embedding.Chunker`), as list columns)
+      -> ShardEmbedder actors (CPU threads or a GPU), one shard per call: embed the ids as
+         they are (no second tokenisation) in length-sorted, token-budget batches, write
+         ``part-FFFFF-BBBBB.parquet`` + quarantine atomically, return stats
       -> the driver collects one stats row per shard (progress bar, logs)
+
+The read tasks run ahead of the encoder (Ray Data streams their blocks into the actors'
+queue), so an encoder does not wait on decompression or the tokenizer.
 
 A shard's name is derived from (input file number, block number), so a rerun sees which
 shards exist and the read tasks skip them before any embedding work: a crash resumes, a
@@ -25,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +48,17 @@ SHARD_META_KEY = b"sift_curation"
 
 # One row per shard: the shard's input lines travel as list columns, so the encoder actor
 # (batch_size=1) always receives exactly one whole shard, however Ray merges blocks.
+# Per line: line number, source, and for quarantined lines the reason and the raw text. Per
+# chunk: the position of its document's line in the shard, the window number, its text and
+# its token ids (specials included).
 READ_SCHEMA = pa.schema([
     ("shard", pa.string()), ("file_id", pa.int32()), ("file", pa.string()),
-    ("line", pa.large_list(pa.int64())), ("text", pa.large_list(pa.large_string())),
-    ("source", pa.large_list(pa.string())), ("error", pa.large_list(pa.string())),
-    ("raw", pa.large_list(pa.large_string())),
+    ("line", pa.large_list(pa.int64())), ("source", pa.large_list(pa.string())),
+    ("error", pa.large_list(pa.string())), ("raw", pa.large_list(pa.large_string())),
+    ("chunk_pos", pa.large_list(pa.int32())), ("chunk_index", pa.large_list(pa.int32())),
+    ("chunk_text", pa.large_list(pa.large_string())),
+    ("chunk_ids", pa.large_list(pa.large_list(pa.int32()))),
+    ("n_truncated", pa.int32()),
 ])
 
 
@@ -64,7 +75,9 @@ class EmbedConfig:
     """Options of one embedding run (all serialisable; recorded in the manifest)."""
 
     model: str | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # at most this many chunks per forward pass (None: any)
+    token_budget: int | None = None  # padded tokens per pass (None: from the device)
+    dtype: str | None = None  # None/"auto": float32 on CPU, bf16/fp16 on CUDA (checked)
     max_tokens: int | None = None
     shard_docs: int = 2000
     shard_chars: int = 32_000_000
@@ -118,15 +131,52 @@ def shard_name(file_id: int, block: int) -> str:
     return f"part-{file_id:05d}-{block:05d}"
 
 
+@lru_cache(maxsize=4)
+def _chunker(model: str | None, max_tokens: int | None, trust_remote_code: bool):
+    """One tokenizer per worker process and model (Ray reuses worker processes)."""
+    from sift_ops.embedding import Chunker
+
+    return Chunker(model, max_tokens=max_tokens, trust_remote_code=trust_remote_code)
+
+
+def _list_of_lists(ids, offsets) -> pa.Array:
+    """A one-element ``large_list<large_list<int32>>`` from flat ids + offsets (no copy
+    through Python lists)."""
+    inner = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()),
+                                          pa.array(ids, pa.int32()))
+    return pa.LargeListArray.from_arrays(pa.array([0, len(offsets) - 1], pa.int64()), inner)
+
+
+def shard_row(name: str, file_id: int, path: str, rows: dict[str, list], chunker,
+              max_chunks: int = MAX_CHUNKS) -> pa.Table:
+    """One READ_SCHEMA row: the shard's lines (``rows``: line/text/source/error/raw lists)
+    with the good documents cut into token windows by ``chunker``."""
+    good = [i for i, e in enumerate(rows["error"]) if e is None]
+    arr = chunker.chunk([rows["text"][i] for i in good], max_chunks=max_chunks)
+    pos = np.asarray(good, dtype=np.int32)[arr.doc_index] if len(arr) else \
+        np.zeros(0, dtype=np.int32)
+    cols = {"shard": [name], "file_id": [file_id], "file": [path],
+            **{k: [rows[k]] for k in ("line", "source", "error", "raw")},
+            "chunk_pos": [pos], "chunk_index": [arr.chunk_index], "chunk_text": [arr.texts],
+            "n_truncated": [arr.n_truncated]}
+    arrays = [pa.array(cols[f.name], f.type) if f.name != "chunk_ids"
+              else _list_of_lists(arr.ids, arr.offsets) for f in READ_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=READ_SCHEMA)
+
+
 def read_file_shards(
     file_id: int, path: str, shard_docs: int, shard_chars: int, done: dict[str, int],
+    chunker_args: tuple = (None, None, False),
 ) -> Iterator[pa.Table]:
-    """Stream one input file as one-row Arrow tables, one per shard not yet written.
+    """Stream one input file as one-row Arrow tables, one per shard not yet written, each
+    already cut into token windows (``chunker_args``: model, max_tokens,
+    trust_remote_code of the encoder's :class:`sift_ops.embedding.Chunker`).
 
     Shard boundaries depend only on the file's content (line count and text length), so
     they are identical on every run. ``done`` maps finished shards to the number of input
-    lines they hold; such shards are parsed but not emitted, unless the count differs (a
-    shard from an interrupted or different run), in which case the shard is redone.
+    lines they hold; such shards are parsed but not emitted (nor tokenised), unless the
+    count differs (a shard from an interrupted or different run), in which case the shard
+    is redone.
     """
     rows: dict[str, list] = {k: [] for k in ("line", "text", "source", "error", "raw")}
     block, n_chars = 0, 0
@@ -137,11 +187,7 @@ def read_file_shards(
         n = len(rows["line"])
         table = None
         if n and done.get(name) != n:
-            table = pa.table(
-                {"shard": [name], "file_id": [file_id], "file": [path],
-                 **{k: [v] for k, v in rows.items()}},
-                schema=READ_SCHEMA,
-            )
+            table = shard_row(name, file_id, path, rows, _chunker(*chunker_args))
         block, n_chars = block + 1, 0
         rows = {k: [] for k in rows}
         return table
@@ -184,7 +230,8 @@ def make_datasource(files: list[dict], cfg: EmbedConfig, done: dict[str, int]):
             return [
                 ReadTask(
                     partial(read_file_shards, f["file_id"], f["path"], cfg.shard_docs,
-                            cfg.shard_chars, done),
+                            cfg.shard_chars, done,
+                            (cfg.model, cfg.max_tokens, cfg.trust_remote_code)),
                     BlockMetadata(num_rows=None, size_bytes=os.path.getsize(f["path"]),
                                   exec_stats=None, input_files=(f["path"],)),
                     schema=READ_SCHEMA,
@@ -199,81 +246,92 @@ def make_datasource(files: list[dict], cfg: EmbedConfig, done: dict[str, int]):
 
 
 class ShardEmbedder:
-    """Ray Data actor: holds the encoder; turns each shard row into one Parquet file."""
+    """Ray Data actor: holds the encoder; turns each tokenised shard row into one Parquet
+    file."""
 
-    def __init__(self, out_dir: str, quarantine_dir: str, model: str | None, batch_size: int,
-                 max_tokens: int | None, threads: int | None,
-                 trust_remote_code: bool = False) -> None:
+    def __init__(self, out_dir: str, quarantine_dir: str, model: str | None,
+                 batch_size: int | None, max_tokens: int | None, threads: int | None,
+                 trust_remote_code: bool = False, token_budget: int | None = None,
+                 dtype: str | None = None) -> None:
         from sift_ops.embedding import TextEncoder
 
         self.out_dir = Path(out_dir)
         self.quarantine_dir = Path(quarantine_dir)
         self.encoder = TextEncoder(model, batch_size=batch_size, max_tokens=max_tokens,
-                                   threads=threads, trust_remote_code=trust_remote_code)
+                                   threads=threads, trust_remote_code=trust_remote_code,
+                                   token_budget=token_budget, dtype=dtype)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self._embed_shard(batch.slice(i, 1).to_pylist()[0])
+        return pa.Table.from_pylist([self._embed_shard(batch.slice(i, 1))
                                      for i in range(batch.num_rows)])
 
-    def _embed_shard(self, shard_row: dict) -> dict:
-        """Embed and write one shard (a READ_SCHEMA row as a dict); return its stats."""
+    def _embed_shard(self, row: pa.Table) -> dict:
+        """Embed and write one shard (a one-row READ_SCHEMA table); return its stats."""
         t0 = time.perf_counter()
-        shard, file_id, src_file = shard_row["shard"], shard_row["file_id"], shard_row["file"]
-        errors = shard_row["error"]
-        lines = np.asarray(shard_row["line"], dtype=np.int64)
+        shard, file_id, src_file = (row.column(k)[0].as_py() for k in ("shard", "file_id",
+                                                                        "file"))
+        errors = row.column("error")[0].as_py()
+        sources = row.column("source")[0].as_py()
+        lines = np.asarray(row.column("line")[0].values, dtype=np.int64)
         good = np.array([e is None for e in errors], dtype=bool)
-        texts = [t for t, ok in zip(shard_row["text"], good, strict=True) if ok]
-        sources = [s for s, ok in zip(shard_row["source"], good, strict=True) if ok]
-        good_lines = lines[good]
-
-        chunks = self.encoder.chunk_texts(texts)
-        n_truncated = 0
-        if any(c.chunk_index >= MAX_CHUNKS for c in chunks):
-            n_truncated = len({c.doc_index for c in chunks if c.chunk_index >= MAX_CHUNKS})
-            chunks = [c for c in chunks if c.chunk_index < MAX_CHUNKS]
-        emb = self.encoder.encode([c.text for c in chunks])
-        doc_idx = np.array([c.doc_index for c in chunks], dtype=np.int64)
-        chunk_idx = np.array([c.chunk_index for c in chunks], dtype=np.int64)
-        doc_ids = pack_doc_ids(file_id, good_lines[doc_idx], chunk_idx)
+        pos = np.asarray(row.column("chunk_pos")[0].values, dtype=np.int64)
+        chunk_idx = np.asarray(row.column("chunk_index")[0].values, dtype=np.int64)
+        texts = row.column("chunk_text")[0].values
+        # the token ids as numpy views of the Arrow buffers: no Python ints per token
+        inner = row.column("chunk_ids")[0].values
+        offsets = np.asarray(inner.offsets, dtype=np.int64)
+        # .flatten() honours a slice of the child array, .values would not
+        flat = np.asarray(inner.flatten(), dtype=np.int32)
+        offsets = offsets - offsets[0]
+        seqs = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        n_truncated = int(row.column("n_truncated")[0].as_py())
+        t_embed = time.perf_counter()
+        emb = self.encoder.encode_ids(seqs)
+        embed_s = time.perf_counter() - t_embed
+        doc_ids = pack_doc_ids(file_id, lines[pos], chunk_idx)
         dim = self.encoder.dim
         table = pa.table({
             "doc_id": pa.array(doc_ids, pa.int64()),
-            "source": pa.array([sources[i] for i in doc_idx], pa.string()),
-            "text": pa.array([c.text for c in chunks], pa.string()),
-            "n_tokens": pa.array([c.n_tokens for c in chunks], pa.int32()),
+            "source": pa.array([sources[i] for i in pos], pa.string()),
+            "text": texts.cast(pa.string()),
+            "n_tokens": pa.array(np.diff(offsets).astype(np.int32), pa.int32()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim),
         }, schema=shard_schema(dim))
         stats = {
             "shard": shard, "file": src_file, "file_id": file_id,
             "line_start": int(lines.min()), "line_end": int(lines.max()),
             "n_lines": len(lines), "n_docs": int(good.sum()), "n_bad": int((~good).sum()),
-            "n_chunks": len(chunks), "n_truncated": n_truncated, "n_rows": len(chunks),
+            "n_chunks": len(seqs), "n_truncated": n_truncated, "n_rows": len(seqs),
+            "n_tokens": int(offsets[-1]) if len(offsets) else 0,
             # -1 marks an empty shard (every line quarantined); readers skip n_rows == 0
             "doc_id_min": int(doc_ids.min()) if len(doc_ids) else -1,
             "doc_id_max": int(doc_ids.max()) if len(doc_ids) else -1,
             "model": self.encoder.name, "dim": dim,
         }
         # Quarantine first, shard last: the shard's existence marks the block as done.
-        self._write_quarantine(shard, src_file, shard_row, good)
+        self._write_quarantine(shard, src_file, row, good)
         table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(stats).encode()})
         tmp = self.out_dir / f".{shard}.parquet.tmp"
         pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
         os.replace(tmp, self.out_dir / f"{shard}.parquet")
         stats["seconds"] = time.perf_counter() - t0
+        stats["embed_seconds"] = embed_s
+        stats["dtype"] = self.encoder.precision["dtype"]
         return stats
 
-    def _write_quarantine(self, shard: str, src_file: str, shard_row: dict,
+    def _write_quarantine(self, shard: str, src_file: str, row: pa.Table,
                           good: np.ndarray) -> None:
         target = self.quarantine_dir / f"{shard}.jsonl"
         if good.all():
             target.unlink(missing_ok=True)
             return
         tmp = self.quarantine_dir / f".{shard}.jsonl.tmp"
+        line, error, raw = (row.column(k)[0].values for k in ("line", "error", "raw"))
         with open(tmp, "w", encoding="utf-8") as fh:
             for i in np.flatnonzero(~good):
-                fh.write(json.dumps({"file": src_file, "line": shard_row["line"][i],
-                                     "reason": shard_row["error"][i],
-                                     "raw": shard_row["raw"][i]}) + "\n")
+                fh.write(json.dumps({"file": src_file, "line": line[i].as_py(),
+                                     "reason": error[i].as_py(),
+                                     "raw": raw[i].as_py()}) + "\n")
         os.replace(tmp, target)
 
 
@@ -349,7 +407,8 @@ def finalize_manifest(paths: CorpusPaths, manifest: dict) -> dict:
     shards = []
     for path in paths.shard_files():
         stats = read_shard_stats(path)
-        stats.pop("seconds", None)
+        for key in ("seconds", "embed_seconds", "dtype"):
+            stats.pop(key, None)
         stats["file"] = path.name
         shards.append(stats)
     manifest = dict(manifest)
@@ -408,6 +467,7 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
             "out_dir": str(paths.embeddings), "quarantine_dir": str(paths.quarantine),
             "model": cfg.model, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
             "threads": threads, "trust_remote_code": cfg.trust_remote_code,
+            "token_budget": cfg.token_budget, "dtype": cfg.dtype,
         },
         batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.actors, 1)),

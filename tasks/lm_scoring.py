@@ -48,25 +48,30 @@ def _unlabeled_texts(batch: pa.Table) -> tuple[list[str], list[str]]:
 class LMScorer:
     """Ray Data actor: holds the causal LM; scores the greedy answer to each prompt."""
 
-    def __init__(self, lm_path: str, max_new_tokens: int, gen_batch_size: int,
-                 threads: int | None, max_prompt_tokens: int = 1024) -> None:
+    def __init__(self, lm_path: str, max_new_tokens: int, gen_batch_size: int | None,
+                 threads: int | None, max_prompt_tokens: int = 1024,
+                 token_budget: int | None = None, dtype: str | None = None) -> None:
         import torch
 
         from sift_ops.causal_lm import load_causal_lm
 
         if threads:
             torch.set_num_threads(threads)
-        self.model, self.tok = load_causal_lm(lm_path)
+        # float32 unless asked: bf16 moved the scores of SmolLM2 by up to 0.33 in least
+        # confidence (greedy answers diverge; benchmarks/README.md), so it is opt-in
+        self.model, self.tok = load_causal_lm(lm_path, dtype=dtype or "float32")
         self.max_new_tokens = max_new_tokens
         self.gen_batch_size = gen_batch_size
         self.max_prompt_tokens = max_prompt_tokens
+        self.token_budget = token_budget
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
         ids, texts = _unlabeled_texts(batch)
         s = greedy_scores(self.model, self.tok, texts, max_new_tokens=self.max_new_tokens,
                           batch_size=self.gen_batch_size,
-                          max_prompt_tokens=self.max_prompt_tokens)
+                          max_prompt_tokens=self.max_prompt_tokens,
+                          token_budget=self.token_budget)
         cols: dict[str, Any] = {"item_id": pa.array(ids, pa.string())}
         for k in SCORE_KEYS:
             cols[k] = pa.array(np.asarray(s[k], dtype=np.float64))
@@ -166,13 +171,20 @@ def score_pool(items_parquet: str | Path, lm_path: str, *, max_new_tokens: int =
                gen_batch_size: int = 16, rows_per_call: int = 64, actors: int = 1,
                gpus_per_actor: float = 0.0, threads: int | None = None,
                progress: Callable[[int], None] | None = None,
-               ray_address: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+               ray_address: str | None = None, token_budget: int | None = None,
+               dtype: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
     """LM uncertainty of every unlabelled item: Arrow table ``item_id`` + :data:`SCORE_KEYS`
-    (+ ``seconds`` per item); stats with ``items_per_s``."""
+    (+ ``seconds`` per item); stats with ``items_per_s``.
+
+    Each ``generate`` call holds at most ``gen_batch_size`` prompts and ``token_budget``
+    padded tokens (None: from the free CUDA memory, none on CPU); ``dtype`` None is float32
+    on every device ("auto" is bf16 on CUDA, see :func:`sift_ops.causal_lm.load_causal_lm`:
+    measured to change the scores, so not the default)."""
     table, stats = run_actor_stage(
         items_parquet, LMScorer,
         {"lm_path": lm_path, "max_new_tokens": max_new_tokens,
-         "gen_batch_size": gen_batch_size, "threads": threads},
+         "gen_batch_size": gen_batch_size, "threads": threads,
+         "token_budget": token_budget, "dtype": dtype},
         rows_per_call=rows_per_call, actors=actors, gpus_per_actor=gpus_per_actor,
         progress=progress, ray_address=ray_address)
     if table is None:
