@@ -46,7 +46,8 @@ def test_eval_ttt_smoke(ws):
 
     kwargs = dict(name="tiny", workspace=ws.ws, sample=ws.sample, n_docs=2, n=3, k=6,
                   lr=1e-3, seeds=[0, 1], lm=ws.lm, max_train_tokens=48, prompt_chars=200,
-                  continuation_chars=120)
+                  continuation_chars=120, strategies=["sift", "nn", "random"])
+    # (nn-f and adaptive-sift, also in the default list, have their own integration test)
     out = eval_ttt_flow(**kwargs)
     rows = _rows(ws.ws, out["run_id"])
     bpb = {(s, seed): v for s, _b, seed, m, v in rows if m == "bpb"}
