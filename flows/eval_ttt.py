@@ -40,9 +40,9 @@ from tasks.select import DEFAULT_ALPHA, DEFAULT_DUP_THRESHOLD, strategy_params
 from tasks.workspace import CorpusPaths, db_path, reports_dir, workspace_root
 
 #: Defaults sized for about 30 minutes on 2 CPU cores with SmolLM2-135M: 8 docs x 3 seeds x
-#: 3 strategies (sift, nn, random) x 8 steps = 576 Adam steps; nn-f adds up to 192 more
-#: (none where its picks equal NN's) and adaptive-sift none (scored part-way through SIFT's
-#: run); measured here ~2.7 s per step (256 tokens,
+#: 3 strategies (sift, nn, random) x 8 steps = 576 Adam steps; named with --strategies,
+#: nn-f adds up to 192 more (none where its picks equal NN's) and adaptive-sift none
+#: (scored part-way through SIFT's run); measured here ~2.7 s per step (256 tokens,
 #: forward 0.7 + backward 1.5 + Adam 0.5) with 2 threads and a lightly loaded machine, and
 #: ~6 s with 1 thread while other jobs held the cores. On a machine shared with other
 #: jobs use --threads 1: two OpenMP threads spinning at barriers were 3-4x slower.
@@ -220,7 +220,7 @@ def eval_ttt_flow(
     """
     logger = get_run_logger()
     seeds = list(seeds if seeds is not None else DEFAULTS["seeds"])
-    strategies = list(strategies or ev.TTT_STRATEGIES)
+    strategies = list(strategies or ev.TTT_DEFAULT_STRATEGIES)
     bad = [s for s in strategies if s not in ev.TTT_STRATEGIES]
     if bad:
         raise ValueError(f"unknown strategies {bad}; choose from {ev.TTT_STRATEGIES}")

@@ -34,6 +34,8 @@ from sift_ops.generation import prompt_text
 from sift_ops.pool_strategies import rank_items
 
 TTT_STRATEGIES = ("sift", "nn", "nn-f", "random", "adaptive-sift")
+#: what eval-ttt runs when no strategies are named (the CLI and the flow alike)
+TTT_DEFAULT_STRATEGIES = ("sift", "nn", "random")
 #: Two texts are near duplicates when the Jaccard similarity of their word 3-gram sets is
 #: at least this. Measured on the sample generator's copies (tests/unit/test_sample.py):
 #: lightly edited copies >= 0.45 (a changed line in a 40-word function is the worst case),
