@@ -90,19 +90,9 @@ def record_tasks(dbf: str | Path, url: str, project: str, project_id: int, run_i
         "status": pa.array([r.get("status", "imported") for r in rows], pa.string()),
         "imported_at": pa.array([r.get("imported_at") or _now() for r in rows], _TS),
     })
-    with db.connect(dbf) as con:
-        con.register("new_tasks", table)
-        con.execute("BEGIN")
-        try:
-            con.execute("DELETE FROM labelstudio_tasks WHERE run_id = ? AND strategy = ? AND "
-                        "url = ? AND project_id = ?", [run_id, strategy, url, int(project_id)])
-            con.execute("INSERT INTO labelstudio_tasks SELECT * FROM new_tasks")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("new_tasks")
+    db.replace_rows(dbf, "labelstudio_tasks", table,
+                    "run_id = ? AND strategy = ? AND url = ? AND project_id = ?",
+                    [run_id, strategy, url, int(project_id)])
     return len(rows)
 
 

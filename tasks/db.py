@@ -264,7 +264,7 @@ def finish_run(path: str | Path, run_id: str, status: str, summary: dict | None 
 LOAD_MEMORY_LIMIT = os.environ.get("SIFT_DB_LOAD_MEMORY_LIMIT", "256MB")
 
 #: Tables whose rows are replaced wholesale: the per-run tables and the pools.
-REPLACEABLE_TABLES = (*RUN_TABLES, "pool_items")
+REPLACEABLE_TABLES = (*RUN_TABLES, "pool_items", "labelstudio_tasks")
 
 
 def replace_rows(path: str | Path, table: str, rows: pa.Table | str | Path, where: str,
