@@ -17,6 +17,17 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path, suptitle: str | None = None) -> Path:
+    """Lay out, write and close ``fig``; the PNG's path."""
+    if suptitle is not None:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def strategy_points(per_seed: dict[str, Sequence[float]], path: str | Path, title: str,
                     ylabel: str, reference: str | None = "base") -> Path:
     """One column per strategy: each seed's value as a dot, mean as a bar, +-1 std whiskers.
@@ -50,11 +61,7 @@ def strategy_points(per_seed: dict[str, Sequence[float]], path: str | Path, titl
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | Path,
@@ -100,12 +107,7 @@ def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | P
         if panel:
             ax.set_title(panel, fontsize=9)
     axes[0][0].set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, suptitle=title)
 
 
 def grouped_strategy_points(groups: Mapping[str, Mapping[str, Sequence[float]]],
@@ -156,9 +158,4 @@ def grouped_strategy_points(groups: Mapping[str, Mapping[str, Sequence[float]]],
     bx.set_ylabel(bar_label)
     bx.grid(axis="y", alpha=0.3)
     bx.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, suptitle=title)
