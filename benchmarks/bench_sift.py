@@ -42,10 +42,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline-sift", metavar="PATH",
+                   help="another sift.py (e.g. `git show OLD:sift_ops/sift.py > old.py`): its "
+                        "sift_select is timed in the same repeats, picks compared")
     return p.parse_args()
 
 
 ARGS = parse()
+LOAD_START = [round(x, 2) for x in os.getloadavg()]  # 1/5/15-min load before any work
 # BLAS thread pools read these at import time: pin them before numpy/torch/faiss load.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
@@ -59,6 +63,7 @@ from benchmarks.synthetic import clustered_unit_vectors  # noqa: E402
 from sift_ops.sift import (  # noqa: E402
     DEFAULT_BLOCK_SIZE,
     DEFAULT_BLOCK_SIZE_CUDA,
+    _spans,
     nn_select,
     posterior_variance,
     random_select,
@@ -83,6 +88,16 @@ def numpy_sift(q: np.ndarray, c: np.ndarray, n: int, lam: float) -> list[int]:
         cov -= np.outer(col, col / (col[j] + lam))
         picks.append(j)
     return picks
+
+
+def _load_baseline(path: str):
+    """``sift_select`` of another copy of sift.py, imported under its own module name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("baseline_sift", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.sift_select
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:
@@ -169,6 +184,7 @@ def main() -> None:
         B=a.B,
         lam=a.lam,
         faiss_search_ms_per_query=round(t_faiss / a.B * 1e3, 3),
+        load_avg=LOAD_START,
         **peaks,
     )
 
@@ -181,19 +197,53 @@ def main() -> None:
         sync()
         return r
 
+    # The Gram floor: the same batched matmul sift_select does first, over the same blocks
+    # (same spans, same worker split), nothing else.
+    workers = a.threads if device.type == "cpu" else 1
+    spans = _spans(a.B, block, workers)
+
+    def gram_only():
+        for s, e in spans:
+            cb = c_t[s:e]
+            torch.bmm(cb, cb.transpose(1, 2))
+        sync()
+
     run_sift()  # warm-up (allocator, thread pool)
-    ts_ours, res = timed(run_sift, a.repeats)
+    gram_only()
+    # Interleaved repeats: the machine is shared and noisy, so each repeat times the Gram
+    # and then sift_select back to back and the ratio is taken per repeat (both saw about
+    # the same load); the median over repeats is the reported ratio.
+    ts_ours, ts_gram, ts_base = [], [], []
+    base_select = _load_baseline(a.baseline_sift) if a.baseline_sift else None
+    if base_select is not None:
+        base_select(q_t, c_t, a.N, a.lam, block_size=block)  # warm-up
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        gram_only()
+        ts_gram.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        res = run_sift()
+        ts_ours.append(time.perf_counter() - t)
+        if base_select is not None:
+            t = time.perf_counter()
+            base_res = base_select(q_t, c_t, a.N, a.lam, block_size=block)
+            sync()
+            ts_base.append(time.perf_counter() - t)
+    ratios = [o / g for o, g in zip(ts_ours, ts_gram, strict=True)]
     ours = res.indices.cpu().numpy()
-    # The machine is shared and noisy: every method reports its median (robust to other
-    # processes' bursts; the speedups use it) and its minimum (least disturbed run).
+    # every method reports its median (robust to other processes' bursts; the speedups use
+    # it) and its minimum (least disturbed run).
     ms_ours = float(np.median(ts_ours)) / a.B * 1e3
     ms_ours_min = min(ts_ours) / a.B * 1e3
+    ms_gram = float(np.median(ts_gram)) / a.B * 1e3
+    ratio = float(np.median(ratios))
     gflops = flops_query / (ms_ours_min * 1e-3) / 1e9
     emit(
         bench="sift",
         method="sift_ops.sift_select",
         dtype="float32",
         block_size=block,
+        blocks=len(spans),
         repeats=a.repeats,
         ms_per_query=round(ms_ours, 4),
         ms_per_query_min=round(ms_ours_min, 4),
@@ -201,16 +251,18 @@ def main() -> None:
         gflops_best=round(gflops, 1),
         flop_floor_ms_per_query=round(flops_query / (peaks["sgemm_2048_gflops"] * 1e9) * 1e3, 4),
     )
-
-    # same computation, Gram matmul only: how much of the time is the FLOP floor
-    def gram_only():
-        for s in range(0, a.B, block):
-            cb = c_t[s : s + block]
-            torch.bmm(cb, cb.transpose(1, 2))
-        sync()
-
-    t_gram, _ = best_time(gram_only, a.repeats)
-    emit(bench="sift", method="gram_bmm_only", ms_per_query=round(t_gram / a.B * 1e3, 4))
+    emit(bench="sift", method="gram_bmm_only", block_size=block, blocks=len(spans),
+         ms_per_query=round(ms_gram, 4), ms_per_query_min=round(min(ts_gram) / a.B * 1e3, 4))
+    emit(bench="sift", kind="ratio_to_gram", ratio_median=round(ratio, 3),
+         ratio_of_minima=round(min(ts_ours) / min(ts_gram), 3),
+         ratios=[round(x, 3) for x in ratios], target=1.5, met=ratio <= 1.5)
+    if base_select is not None:
+        emit(bench="sift", method="baseline_sift_select", path=a.baseline_sift,
+             ms_per_query=round(float(np.median(ts_base)) / a.B * 1e3, 4),
+             ratio_to_gram_median=round(float(np.median(
+                 [b / g for b, g in zip(ts_base, ts_gram, strict=True)])), 3),
+             identical_selection_rate=float(
+                 (base_res.indices.cpu().numpy() == ours).all(1).mean()))
 
     for name, fn in (("sift_ops.nn_select", nn_select), ("sift_ops.random_select", random_select)):
         t_b, _ = best_time(lambda fn=fn: (fn(q_t, c_t, a.N, a.lam), sync()), a.repeats)
@@ -232,9 +284,12 @@ def main() -> None:
         "bench": "sift",
         "kind": "summary",
         "ms_per_query_sift_ops": round(ms_ours, 4),
+        "ms_per_query_gram_bmm": round(ms_gram, 4),
+        "ratio_to_gram_bmm": round(ratio, 3),
         "gflops_sift_ops_best": round(gflops, 1),
         "fraction_of_sgemm_peak": round(gflops / peaks["sgemm_2048_gflops"], 3),
         "fraction_of_gram_bmm_peak": round(gflops / peaks["gram_bmm_gflops"], 3),
+        "load_avg_start": LOAD_START,
     }
 
     def final_var(idx_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -321,6 +376,7 @@ def main() -> None:
             summary["speedup_vs_activeft"] = round(ms_aft / ms_ours, 1)
             summary["identical_vs_activeft"] = float(same.mean())
             summary["activeft_queries"] = na
+    summary["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     emit(**summary)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -316,6 +317,132 @@ def _run_block(
     out_used.copy_(n_used)
 
 
+def _greedy_block(
+    q: torch.Tensor,
+    c: torch.Tensor,
+    n: int,
+    lam: float,
+    min_gain: float | None,
+    valid: torch.Tensor | None,
+    out_idx: torch.Tensor,
+    out_var: torch.Tensor,
+    out_used: torch.Tensor,
+    out_prior: torch.Tensor,
+) -> None:
+    """Greedy SIFT for one block of queries; writes into the ``out_*`` views.
+
+    Shapes: q ``[b, m, d]``, c ``[b, K, d]``, valid ``[b, K]`` bool or None.
+
+    Each step is ~15 ops on ``[b, K]`` tensors, all into preallocated buffers (no
+    allocation in the loop).  Stopping (``min_gain``, no valid candidate) is applied
+    after the loop: a query's picks never depend on whether it stopped, so cutting its
+    path at the first failing step afterwards is exact, and the loop keeps no per-step
+    bookkeeping for it.  The variance path is ``prior - cumsum(reductions)`` (float64).
+    """
+    b, K, d = c.shape
+    m = q.shape[1]
+    dev, dt = c.device, c.dtype
+    ct = c.transpose(1, 2)
+    # One batched matmul for the whole block: the prior Gram of the candidates (the FLOP
+    # floor).  Only single rows of it are read later (it is symmetric, so a row == a
+    # column and rows are contiguous); viewed flat so a row gather is one index_select.
+    gram = torch.bmm(c, ct)  # [b, K, K]
+    gram_rows = gram.view(b * K, K)
+    # state[:, :m] = k_n(t, c) (covariance with the targets), state[:, m] = k_n(c, c) + lam
+    # (lam folded in, always >= lam): one tensor so that a pick's values are one gather.
+    state = torch.empty(b, m + 1, K, device=dev, dtype=dt)
+    state[:, :m] = torch.bmm(q, ct)
+    torch.add(gram.diagonal(dim1=1, dim2=2), lam, out=state[:, m])
+    cov, diag_lam = state[:, :m], state[:, m]
+    cov1 = state[:, 0] if m == 1 else None  # [b, K]: cheaper ops for one target
+    prior = q.square().sum(dim=(1, 2))  # [b]  sum_t k(t, t)
+    out_prior.copy_(prior)
+
+    U = torch.empty(b, n, K, device=dev, dtype=dt)  # rank-1 update vectors
+    picks = torch.empty(n, b, device=dev, dtype=torch.long)  # step-major: rows contiguous
+    red = torch.empty(n, b, device=dev, dtype=dt)  # best variance reduction per step
+    gain = torch.empty(b, K, device=dev, dtype=dt)
+    sq = None if m == 1 else torch.empty(b, m, K, device=dev, dtype=dt)
+    row = torch.empty(b, 1, K, device=dev, dtype=dt)  # k_i(c*, .) of the step's pick
+    row2 = row.view(b, K)
+    flat = torch.empty(b, device=dev, dtype=torch.long)
+    row_base = torch.arange(b, device=dev) * K
+    invalid = None if valid is None else ~valid
+    check_stop = min_gain is not None or valid is not None
+    steps = n
+
+    with _serial_cpu(dev):
+        for i in range(n):
+            # reduction(c) = sum_t k(t,c)^2 / (k(c,c) + lam)
+            if cov1 is not None:
+                torch.mul(cov1, cov1, out=gain)
+            else:
+                torch.sum(torch.mul(cov, cov, out=sq), dim=1, out=gain)
+            gain.div_(diag_lam)
+            if invalid is not None:
+                gain.masked_fill_(invalid, float("-inf"))
+            torch.max(gain, dim=1, out=(red[i], picks[i]))  # first index wins ties
+            if i == n - 1:
+                break  # the last pick's update is never read
+            if check_stop and i % 8 == 7 and not bool(_alive(red[: i + 1], min_gain).any()):
+                steps = i + 1  # every query has stopped: the rest would be discarded
+                break
+            pick = picks[i]
+            # k_i(c*, c) for all c: the prior Gram row minus the low-rank corrections so far
+            torch.add(row_base, pick, out=flat)
+            torch.index_select(gram_rows, 0, flat, out=row2)
+            if i > 0:
+                Ui = U[:, :i, :]
+                u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
+                row.baddbmm_(u_pick.transpose(1, 2), Ui, alpha=-1.0)
+            at = state.gather(2, pick.view(b, 1, 1).expand(b, m + 1, 1))  # [b, m+1, 1]
+            rs = at[:, m].rsqrt_()  # [b, 1]  1 / sqrt(k(c*,c*) + lam)
+            # Rank-1 (Schur complement) update of the kept state.
+            u = U[:, i, :]
+            torch.mul(row2, rs, out=u)  # k(c, c*) / sqrt(k(c*,c*) + lam)
+            coef = at[:, :m].mul_(rs.unsqueeze(1))  # [b, m, 1]  k(t, c*) / sqrt(...)
+            if cov1 is not None:
+                cov1.addcmul_(coef.view(b, 1), u, value=-1.0)
+            else:
+                cov.addcmul_(coef, u.unsqueeze(1), value=-1.0)
+            # round-off must not push a posterior variance below 0 (diag_lam below lam)
+            diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
+
+    r = red[:steps].t()  # [b, steps]
+    p = picks[:steps].t()
+    if check_stop:
+        keep = _alive_path(r, min_gain)  # [b, steps]  sticky: False from the first failure
+        out_used.copy_(keep.sum(dim=1))
+        out_idx[:, :steps] = torch.where(keep, p, torch.full_like(p, -1))
+        r = torch.where(keep, r, torch.zeros_like(r))  # after a stop the variance stays
+    else:
+        out_used.fill_(n)
+        out_idx[:, :steps] = p
+    out_idx[:, steps:] = -1
+    # var_i = max(prior - sum_{j<=i} reduction_j, 0); reductions are >= 0, so this equals
+    # the step-by-step clamped subtraction (summed in float64 for accuracy).
+    path = (prior.double().unsqueeze(1) - r.double().cumsum(dim=1)).clamp_min_(0.0)
+    out_var[:, :steps] = path
+    out_var[:, steps:] = path[:, -1:] if steps else prior.unsqueeze(1)
+
+
+def _alive_path(red: torch.Tensor, min_gain: float | None) -> torch.Tensor:
+    """``[b, s]`` bool: the query is still taking steps (all reductions so far finite and,
+    with ``min_gain``, at least it).  ``red`` is ``[b, s]``."""
+    ok = torch.isfinite(red)
+    if min_gain is not None:
+        ok &= red >= min_gain
+    return ok.cumprod(dim=1).bool()
+
+
+def _alive(red_steps: torch.Tensor, min_gain: float | None) -> torch.Tensor:
+    """``[b]`` bool from step-major reductions ``[s, b]``: no step has failed yet."""
+    ok = torch.isfinite(red_steps)
+    if min_gain is not None:
+        ok &= red_steps >= min_gain
+    return ok.all(dim=0)
+
+
 def _select(
     queries: ArrayLike,
     candidates: ArrayLike,
@@ -344,23 +471,58 @@ def _select(
     if block_size is None:
         block_size = DEFAULT_BLOCK_SIZE_CUDA if dev.type == "cuda" else DEFAULT_BLOCK_SIZE
     bs = max(1, int(block_size))
-    with torch.no_grad():
-        for s in range(0, B, bs):
-            e = min(B, s + bs)
-            _run_block(
-                q[s:e],
-                c[s:e],
-                n,
-                float(lam),
-                min_gain,
-                None if v is None else v[s:e],
-                None if forced_all is None else forced_all[s:e],
-                idx[s:e],
-                var[s:e],
-                used[s:e],
-                prior[s:e],
-            )
+    workers = torch.get_num_threads() if dev.type == "cpu" else 1
+    spans = _spans(B, bs, workers)
+
+    def run(span: tuple[int, int]) -> None:
+        s, e = span
+        vb = None if v is None else v[s:e]
+        with torch.no_grad():
+            if forced_all is None:
+                _greedy_block(q[s:e], c[s:e], n, float(lam), min_gain, vb,
+                              idx[s:e], var[s:e], used[s:e], prior[s:e])
+            else:
+                _run_block(q[s:e], c[s:e], n, float(lam), min_gain, vb, forced_all[s:e],
+                           idx[s:e], var[s:e], used[s:e], prior[s:e])
+
+    workers = min(workers, len(spans))
+    if workers <= 1:
+        for span in spans:
+            run(span)
+    else:
+        _run_threaded(run, spans, workers)
     return Selection(idx, var, used, prior)
+
+
+def _spans(B: int, block_size: int, workers: int) -> list[tuple[int, int]]:
+    """``[start, end)`` query ranges of at most ``block_size``, as even as possible and, with
+    several workers, a multiple of their number (so no worker idles on a short last block)."""
+    nb = -(-B // block_size)
+    if workers > 1 and nb > 1:
+        nb = min(B, -(-nb // workers) * workers)
+    size, extra = divmod(B, nb)
+    spans, s = [], 0
+    for j in range(nb):
+        e = s + size + (1 if j < extra else 0)
+        spans.append((s, e))
+        s = e
+    return spans
+
+
+def _run_threaded(run: Any, spans: list[tuple[int, int]], workers: int) -> None:
+    """CPU: blocks on ``workers`` Python threads, each running torch on one intra-op thread.
+
+    The greedy loop's ops are too small to gain from intra-op threads (and an OpenMP team
+    stalls whenever another process holds one of its cores, see :func:`_serial_cpu`), but
+    whole blocks are independent: one block per core keeps every core busy with no
+    synchronisation until the end.  torch releases the GIL inside its ops.  The caller's
+    thread is set to one thread meanwhile because MKL's thread count is process-wide.
+    """
+    with _serial_cpu(torch.device("cpu")), ThreadPoolExecutor(
+        max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
+        for f in [pool.submit(run, span) for span in spans]:
+            f.result()
 
 
 # --------------------------------------------------------------------------------------
