@@ -198,9 +198,8 @@ def main() -> None:
         return r
 
     # The Gram floor: the same batched matmul sift_select does first, over the same blocks
-    # (same spans, same worker split), nothing else.
-    workers = a.threads if device.type == "cpu" else 1
-    spans = _spans(a.B, block, workers)
+    # (same spans), nothing else.
+    spans = _spans(a.B, block)
 
     def gram_only():
         for s, e in spans:

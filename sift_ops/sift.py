@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -400,11 +399,13 @@ def _greedy_block(
             # Rank-1 (Schur complement) update of the kept state.
             u = U[:, i, :]
             torch.mul(row2, rs, out=u)  # k(c, c*) / sqrt(k(c*,c*) + lam)
-            coef = at[:, :m].mul_(rs.unsqueeze(1))  # [b, m, 1]  k(t, c*) / sqrt(...)
+            # k(c, c*) / (k(c*,c*) + lam), into the free gain buffer.  Formed as u * rs (not
+            # k(t, c*) * rs first): the same rounding as before, so the same picks on near-ties.
+            scale = torch.mul(u, rs, out=gain)
             if cov1 is not None:
-                cov1.addcmul_(coef.view(b, 1), u, value=-1.0)
+                cov1.addcmul_(at[:, 0], scale, value=-1.0)
             else:
-                cov.addcmul_(coef, u.unsqueeze(1), value=-1.0)
+                cov.addcmul_(at[:, :m], scale.unsqueeze(1), value=-1.0)
             # round-off must not push a posterior variance below 0 (diag_lam below lam)
             diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
 
@@ -471,58 +472,22 @@ def _select(
     if block_size is None:
         block_size = DEFAULT_BLOCK_SIZE_CUDA if dev.type == "cuda" else DEFAULT_BLOCK_SIZE
     bs = max(1, int(block_size))
-    workers = torch.get_num_threads() if dev.type == "cpu" else 1
-    spans = _spans(B, bs, workers)
-
-    def run(span: tuple[int, int]) -> None:
-        s, e = span
-        vb = None if v is None else v[s:e]
-        with torch.no_grad():
+    with torch.no_grad():
+        for s, e in _spans(B, bs):
+            vb = None if v is None else v[s:e]
             if forced_all is None:
                 _greedy_block(q[s:e], c[s:e], n, float(lam), min_gain, vb,
                               idx[s:e], var[s:e], used[s:e], prior[s:e])
             else:
                 _run_block(q[s:e], c[s:e], n, float(lam), min_gain, vb, forced_all[s:e],
                            idx[s:e], var[s:e], used[s:e], prior[s:e])
-
-    workers = min(workers, len(spans))
-    if workers <= 1:
-        for span in spans:
-            run(span)
-    else:
-        _run_threaded(run, spans, workers)
     return Selection(idx, var, used, prior)
 
 
-def _spans(B: int, block_size: int, workers: int) -> list[tuple[int, int]]:
-    """``[start, end)`` query ranges of at most ``block_size``, as even as possible and, with
-    several workers, a multiple of their number (so no worker idles on a short last block)."""
-    nb = -(-B // block_size)
-    if workers > 1 and nb > 1:
-        nb = min(B, -(-nb // workers) * workers)
-    size, extra = divmod(B, nb)
-    spans, s = [], 0
-    for j in range(nb):
-        e = s + size + (1 if j < extra else 0)
-        spans.append((s, e))
-        s = e
-    return spans
-
-
-def _run_threaded(run: Any, spans: list[tuple[int, int]], workers: int) -> None:
-    """CPU: blocks on ``workers`` Python threads, each running torch on one intra-op thread.
-
-    The greedy loop's ops are too small to gain from intra-op threads (and an OpenMP team
-    stalls whenever another process holds one of its cores, see :func:`_serial_cpu`), but
-    whole blocks are independent: one block per core keeps every core busy with no
-    synchronisation until the end.  torch releases the GIL inside its ops.  The caller's
-    thread is set to one thread meanwhile because MKL's thread count is process-wide.
-    """
-    with _serial_cpu(torch.device("cpu")), ThreadPoolExecutor(
-        max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)
-    ) as pool:
-        for f in [pool.submit(run, span) for span in spans]:
-            f.result()
+def _spans(B: int, block_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` query ranges of at most ``block_size`` (the benchmark times its Gram
+    floor over the same ranges)."""
+    return [(s, min(B, s + block_size)) for s in range(0, B, block_size)]
 
 
 # --------------------------------------------------------------------------------------
