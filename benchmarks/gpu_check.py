@@ -9,7 +9,8 @@ Run through ``benchmarks/gpu_check.sh`` (which prepares faiss and the environmen
 * ``lm``: ``greedy_scores`` items/s with the bundled SmolLM2 in bf16 on CUDA (memory-based
   token budget) vs float32 on CPU (subset), and the scores' max |delta| on the common items.
 * ``sift``: ``sift_select`` ms/prompt at blocks of 2048-16384 prompts (K=200, N=50, d=384) on
-  CUDA vs CPU (block 128), with the share of identical picks.
+  CUDA vs CPU (block 128), with the share of identical picks and the ratio to the Gram
+  matmul of the same blocks (its FLOP floor) on the device.
 * ``faiss``: IndexFlatIP and IVF,PQ build + search on GPU vs CPU (faiss-gpu when present).
 
     python benchmarks/gpu_check.py [--parts embed,lm,sift,faiss] [--quick]
@@ -182,8 +183,16 @@ def part_sift(args) -> None:
         secs, got = timed(lambda block=block: sift_select(qg, cg, N, lam, block_size=block),
                           repeats=3)
         same = (got.indices[:cpu_b].cpu() == ref.indices).all(dim=1).float().mean()
+
+        def gram(block=block) -> None:  # the Gram floor: the same blocks' batched matmul only
+            for s in range(0, B, block):
+                cb = cg[s : s + block]
+                torch.bmm(cb, cb.transpose(1, 2))
+
+        gram_secs, _ = timed(gram, repeats=3)
         emit(check="sift", device=args.device, prompts=B, block=block,
              ms_per_prompt=1e3 * secs / B, vs_cpu=cpu_ms / (1e3 * secs / B),
+             gram_bmm_ms_per_prompt=1e3 * gram_secs / B, ratio_to_gram=secs / gram_secs,
              identical_picks_vs_cpu=float(same),
              peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30
              if torch.cuda.is_available() else None)

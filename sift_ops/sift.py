@@ -179,7 +179,7 @@ def _prepare(
 def _serial_cpu(device: torch.device) -> Iterator[None]:
     """Run the greedy loop's small ops on one intra-op thread (CPU only).
 
-    The loop issues ~25 tiny ops per step (tensors of block * K ~ 25k numbers).  They gain
+    The loop issues ~15 tiny ops per step (tensors of block * K ~ 25k numbers).  They gain
     nothing from a second thread (measured), but with OpenMP every parallel region waits
     for all its threads: when another process occupies a core, each op can stall for a
     scheduler tick and the loop became 5-20x slower (0.5 -> 2-10 ms per query with one
@@ -205,34 +205,28 @@ def _run_block(
     lam: float,
     min_gain: float | None,
     valid: torch.Tensor | None,
-    forced: torch.Tensor | None,
+    forced: torch.Tensor,
     out_idx: torch.Tensor,
     out_var: torch.Tensor,
     out_used: torch.Tensor,
     out_prior: torch.Tensor,
 ) -> None:
-    """Greedy SIFT (``forced is None``) or the variance path of a fixed order, for one block.
+    """The variance path of a fixed pick order (the NN / random baselines), for one block.
 
-    Shapes: q ``[b, m, d]``, c ``[b, K, d]``, valid ``[b, K]`` bool or None,
-    forced ``[b, n]`` long (-1 = no pick) or None.  Writes into the ``out_*`` views.
+    The same rank-1 updates as :func:`_greedy_block`, with the picks given.  Shapes: q
+    ``[b, m, d]``, c ``[b, K, d]``, forced ``[b, n]`` long (-1 = no pick); ``valid`` is
+    already applied by the order.  Writes into the ``out_*`` views.
     """
+    del valid  # the order never contains an invalid candidate
     b, K, d = c.shape
     m = q.shape[1]
     dev, dt = c.device, c.dtype
     ct = c.transpose(1, 2)
-    row_base = torch.arange(b, device=dev) * K
-    if forced is None:
-        # One batched matmul for the whole block: the prior Gram of the candidates.  Only
-        # single rows of it are read later (Gram is symmetric, so a row == a column and
-        # rows are contiguous); viewed flat so a row gather is one index_select.
-        gram = torch.bmm(c, ct).view(b * K, K)  # [b*K, K]
-        diag0 = gram.view(b, K, K).diagonal(dim1=1, dim2=2)
-    else:
-        # Baselines: the picks are known up front, so only their n Gram rows are needed
-        # (n/K of the Gram FLOPs).  Row i of ``gram`` is k_0(c_i*, .).
-        fpick = forced.clamp_min(0)
-        gram = torch.bmm(c.gather(1, fpick.unsqueeze(2).expand(b, n, d)), ct).view(b * n, K)
-        diag0 = c.square().sum(dim=2)
+    # The picks are known up front, so only their n Gram rows are needed (n/K of the Gram
+    # FLOPs).  Row i of ``gram`` is k_0(c_i*, .).
+    fpick = forced.clamp_min(0)
+    gram = torch.bmm(c.gather(1, fpick.unsqueeze(2).expand(b, n, d)), ct).view(b * n, K)
+    diag0 = c.square().sum(dim=2)
     cov = torch.bmm(q, ct)  # [b, m, K]  k_n(t, c)
     # k_n(c, c) + lam, kept with lam folded in (one op less per step); always >= lam.
     diag_lam = diag0 + lam  # [b, K]
@@ -242,31 +236,14 @@ def _run_block(
     active = torch.ones(b, dtype=torch.bool, device=dev)
     n_used = torch.zeros(b, dtype=torch.long, device=dev)
     last_var = var.clone()  # the variance reported for stopped queries
-    neg_inf = torch.tensor(float("-inf"), device=dev, dtype=dt)
-    check_stop = min_gain is not None or valid is not None or forced is not None
     cov1 = cov[:, 0, :] if m == 1 else None  # a [b, K] view: cheaper ops for one target
-    stop: torch.Tensor | None = None
 
     with _serial_cpu(dev):
         for i in range(n):
-            if forced is None:
-                # reduction(c) = sum_t k(t,c)^2 / (k(c,c) + lam)
-                gain = cov1.square() if cov1 is not None else cov.square().sum(dim=1)
-                gain.div_(diag_lam)
-                if valid is not None:
-                    gain = torch.where(valid, gain, neg_inf)
-                reduction, pick = gain.max(dim=1)  # first index wins ties
-                if check_stop:
-                    stop = ~torch.isfinite(reduction)  # no valid candidate at all
-                    if min_gain is not None:
-                        stop |= reduction < min_gain
-                row = gram.index_select(0, row_base + pick)  # [b, K] k_0(c*, .) (a copy)
-            else:
-                pick = forced[:, i]
-                stop = pick < 0
-                pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
-                row = gram.view(b, n, K)[:, i, :].clone()
-
+            pick = forced[:, i]
+            stop = pick < 0
+            pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
+            row = gram.view(b, n, K)[:, i, :].clone()
             # k_i(c, c*) for all c: prior Gram row minus the low-rank corrections so far.
             if i > 0:
                 Ui = U[:, :i, :]
@@ -278,17 +255,15 @@ def _run_block(
                 cov_pick = cov1.gather(1, pick2)  # [b, 1]
             else:
                 cov_pick = cov.gather(2, pick.view(b, 1, 1).expand(b, m, 1))  # [b, m, 1]
-            if forced is not None:
-                reduction = cov_pick.square().sum(dim=tuple(range(1, cov_pick.ndim)))
-                reduction = reduction / denom.view(b)
-                if min_gain is not None:
-                    stop = stop | (reduction < min_gain)
-            if stop is not None:
-                active &= ~stop  # stopping is sticky
-                if not bool(active.any()):
-                    out_idx[:, i:] = -1
-                    out_var[:, i:] = last_var.unsqueeze(1)
-                    break
+            reduction = cov_pick.square().sum(dim=tuple(range(1, cov_pick.ndim)))
+            reduction = reduction / denom.view(b)
+            if min_gain is not None:
+                stop = stop | (reduction < min_gain)
+            active &= ~stop  # stopping is sticky
+            if not bool(active.any()):
+                out_idx[:, i:] = -1
+                out_var[:, i:] = last_var.unsqueeze(1)
+                break
 
             # Rank-1 (Schur complement) update of the kept state.
             rs = denom.rsqrt()  # [b, 1]
@@ -303,16 +278,10 @@ def _run_block(
             diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
             var.sub_(reduction).clamp_min_(0.0)
 
-            if stop is None:
-                out_idx[:, i] = pick
-                out_var[:, i] = var
-            else:
-                last_var = torch.where(active, var, last_var)
-                out_idx[:, i] = torch.where(active, pick, torch.full_like(pick, -1))
-                out_var[:, i] = last_var
-                n_used += active.long()
-    if stop is None and not check_stop:
-        n_used.fill_(n)
+            last_var = torch.where(active, var, last_var)
+            out_idx[:, i] = torch.where(active, pick, torch.full_like(pick, -1))
+            out_var[:, i] = last_var
+            n_used += active.long()
     out_used.copy_(n_used)
 
 
