@@ -49,7 +49,7 @@ Unit = Literal["items", "tokens"]
 Allocation = Literal[ALLOCATIONS]  # type: ignore[valid-type]
 HandoffFormat = Literal["labelstudio", "jsonl", "csv"]
 HandoffTo = Literal["files", "label-studio"]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as tasks.workspace.check_name
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as tasks.runtime.workspace.check_name
 
 
 class ConfigError(ValueError):
