@@ -614,8 +614,8 @@ def sql(
 ) -> None:
     """Run a read-only SQL query on the workspace's curation.duckdb and print the rows."""
     # DuckDB only: no Prefect server, no Ray, no torch for a read-only query
-    from tasks import db
-    from tasks.workspace import db_path, workspace_root
+    from tasks.runtime.workspace import db_path, workspace_root
+    from tasks.storage import db
 
     with db.connect(db_path(workspace_root(workspace)), read_only=True) as con:
         cur = con.execute(statement)

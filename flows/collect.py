@@ -14,8 +14,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from tasks import artifacts, db
-from tasks.workspace import db_path
+from tasks.reporting import artifacts
+from tasks.runtime.workspace import db_path
+from tasks.storage import db
 
 
 @flow(name="collect", log_prints=True)
@@ -30,8 +31,8 @@ def collect_flow(
     """Upsert every annotation of the chosen projects into ``annotations`` (edited ones
     replace their row, deleted ones are marked). ``missing_ok``: nothing recorded to collect
     is not an error (a curation job before its first handoff)."""
-    from tasks.annotations import collect_project, recorded_projects
-    from tasks.labelstudio import LabelStudio, token_from_env
+    from tasks.annotation.annotations import collect_project, recorded_projects
+    from tasks.annotation.labelstudio import LabelStudio, token_from_env
 
     logger = get_run_logger()
     if not (run or project or pool_name):

@@ -33,9 +33,9 @@ from flows.jobs import (
 )
 from flows.rank import rank_flow
 from flows.sample import sample_flow
-from tasks import artifacts
-from tasks.sample import read_sample
-from tasks.workspace import workspace_root
+from tasks.reporting import artifacts
+from tasks.runtime.workspace import workspace_root
+from tasks.sample.bundled import read_sample
 
 _D = CurationJob()  # the defaults, from the one model
 

@@ -15,9 +15,10 @@ from flows.index import index_flow
 from flows.jobs import SAMPLE_CORPUS, SAMPLE_SHARD_DOCS
 from flows.sample import sample_flow
 from flows.select import select_flow
-from tasks import artifacts, db
-from tasks.db import format_rows
-from tasks.workspace import CorpusPaths, db_path, workspace_root
+from tasks.reporting import artifacts
+from tasks.runtime.workspace import CorpusPaths, db_path, workspace_root
+from tasks.storage import db
+from tasks.storage.db import format_rows
 
 DEMO_CORPUS = SAMPLE_CORPUS
 

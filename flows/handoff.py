@@ -11,15 +11,16 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from tasks import artifacts, db
-from tasks.handoff import (
+from tasks.annotation.handoff import (
     FORMATS,
     fetch_selection,
     record_handoff,
     run_strategies,
     write_handoff,
 )
-from tasks.workspace import db_path, workspace_root
+from tasks.reporting import artifacts
+from tasks.runtime.workspace import db_path, workspace_root
+from tasks.storage import db
 
 DESTINATIONS = ("files", "label-studio")
 
@@ -87,8 +88,8 @@ def _to_label_studio(dbf: Path, run: str, strategy: str, url: str | None,
                      project: str | None, force: bool) -> dict:
     import pyarrow as pa
 
-    from tasks.annotations import check_project_title, default_project, push_selection
-    from tasks.labelstudio import URL_ENV, LabelStudio, LabelStudioError, token_from_env
+    from tasks.annotation.annotations import check_project_title, default_project, push_selection
+    from tasks.annotation.labelstudio import URL_ENV, LabelStudio, LabelStudioError, token_from_env
 
     logger = get_run_logger()
     url = url or os.environ.get(URL_ENV)

@@ -10,12 +10,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from tasks import artifacts, db
-from tasks.import_embeddings import discover_embedding_files, import_embeddings
-from tasks.locks import hold
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import CorpusPaths, db_path, lock_path
+from tasks.corpus.import_embeddings import discover_embedding_files, import_embeddings
+from tasks.reporting import artifacts
+from tasks.runtime.locks import hold
+from tasks.runtime.retry import TRANSIENT_RETRIES
+from tasks.runtime.workspace import CorpusPaths, db_path, lock_path
+from tasks.storage import db
+from tasks.storage.runs import make_run_id, tracked_run
 
 
 def _total_rows(files: list[Path]) -> int | None:

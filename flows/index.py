@@ -8,12 +8,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from tasks import artifacts
-from tasks.index import DEFAULT_BLOCK_VECTORS, DEFAULT_MEMORY_BUDGET, build_index
-from tasks.locks import hold
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import CorpusPaths, db_path, lock_path
+from tasks.index.build import DEFAULT_BLOCK_VECTORS, DEFAULT_MEMORY_BUDGET, build_index
+from tasks.reporting import artifacts
+from tasks.runtime.locks import hold
+from tasks.runtime.retry import TRANSIENT_RETRIES
+from tasks.runtime.workspace import CorpusPaths, db_path, lock_path
+from tasks.storage.runs import make_run_id, tracked_run
 
 
 @task(name="build-index", persist_result=False, cache_policy=NO_CACHE, **TRANSIENT_RETRIES)

@@ -1,9 +1,9 @@
 """Flow ``rank``: choose which instructions of an unlabeled pool to annotate.
 
-    ingest (validate, quarantine, dedupe; pool_items)            tasks.pool
+    ingest (validate, quarantine, dedupe; pool_items)            tasks.pool.items
       -> LM uncertainty, only if a strategy / the allocation / a token budget needs it
-         (Ray Data actor stage: greedy answers, item_scores)     tasks.lm_scoring
-      -> prompt embeddings, only for diversity strategies         tasks.lm_scoring
+         (Ray Data actor stage: greedy answers, item_scores)     tasks.pool.lm_scoring
+      -> prompt embeddings, only for diversity strategies         tasks.pool.lm_scoring
       -> per strategy: budget allocation per source, selection,   sift_ops.pool_strategies
          annotation batches (selections, budgets)
       -> plots + a markdown artifact
@@ -26,10 +26,9 @@ from sift_ops.budget import item_costs
 from sift_ops.generation import SCORE_KEYS
 from sift_ops.pool_strategies import STRATEGIES, needs_embeddings, needs_lm, rank_items
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
-from tasks import artifacts, db
-from tasks.annotations import annotated_items
-from tasks.lm_scoring import embed_pool, score_pool
-from tasks.pool import (
+from tasks.annotation.annotations import annotated_items
+from tasks.pool.cache import cache_path, cached_compute, model_fingerprint
+from tasks.pool.items import (
     IngestResult,
     count_new_items,
     ingest_pool_files,
@@ -38,10 +37,12 @@ from tasks.pool import (
     read_targets,
     store_pool,
 )
-from tasks.pool_cache import cache_path, cached_compute, model_fingerprint
-from tasks.rank_plots import budget_bars, score_distributions, selection_map
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import CorpusPaths, check_name, db_path, reports_dir, workspace_root
+from tasks.pool.lm_scoring import embed_pool, score_pool
+from tasks.reporting import artifacts
+from tasks.reporting.rank_plots import budget_bars, score_distributions, selection_map
+from tasks.runtime.workspace import CorpusPaths, check_name, db_path, reports_dir, workspace_root
+from tasks.storage import db
+from tasks.storage.runs import make_run_id, tracked_run
 
 UNITS = ("items", "tokens")
 DEFAULT_STRATEGIES = ("random", "mean_entropy", "k_center", "facility_location")
@@ -52,7 +53,7 @@ def ingest_pool(pool: str, pool_name: str, workspace: str | None, run_id: str,
                 strict: bool) -> IngestResult:
     """Stream the pool into ``<workspace>/pools/<pool_name>/items.parquet`` (and
     quarantine.parquet), then load both into DuckDB from those files: bounded memory
-    whatever the pool's size (see :func:`tasks.pool.ingest_pool_files`)."""
+    whatever the pool's size (see :func:`tasks.pool.items.ingest_pool_files`)."""
     logger = get_run_logger()
     p = ingest_pool_files(pool, pool_dir(workspace, pool_name), strict=strict)
     p.n_new = count_new_items(db_path(workspace), pool_name, p.items_path)

@@ -13,12 +13,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from tasks import artifacts, db
-from tasks.plots import variance_curves
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.runs import make_run_id, tracked_run
-from tasks.search_service import SearchService
-from tasks.select import (
+from tasks.index.search_service import SearchService
+from tasks.reporting import artifacts
+from tasks.reporting.plots import variance_curves
+from tasks.runtime.retry import TRANSIENT_RETRIES
+from tasks.runtime.workspace import CorpusPaths, db_path, reports_dir
+from tasks.selection.select import (
     DEFAULT_ALPHA,
     DEFAULT_DUP_THRESHOLD,
     check_selection_args,
@@ -27,7 +27,8 @@ from tasks.select import (
     selection_rows,
     strategy_params,
 )
-from tasks.workspace import CorpusPaths, db_path, reports_dir
+from tasks.storage import db
+from tasks.storage.runs import make_run_id, tracked_run
 
 
 @task(name="retrieve-and-select", persist_result=False, cache_policy=NO_CACHE,
@@ -51,7 +52,7 @@ def retrieve_and_select(workspace: str | None, name: str, rows_dir: str, run_id:
     out.mkdir(parents=True)
     gen = torch.Generator().manual_seed(seed)
     if query_embeddings:
-        from tasks.query_embeddings import count_query_embeddings, iter_query_embeddings
+        from tasks.index.query_embeddings import count_query_embeddings, iter_query_embeddings
 
         meta_dim = int(manifest["dim"])
         total = count_query_embeddings(query_embeddings)
