@@ -1,6 +1,6 @@
 """Rank benchmarks, printed as JSON lines.
 
-1. LM scoring throughput: the flow's scoring stage (tasks.lm_scoring.score_pool: a Ray Data
+1. LM scoring throughput: the flow's scoring stage (tasks.pool.lm_scoring.score_pool: a Ray Data
    actor stage doing greedy generation + uncertainty scores) against a bare HF ``generate``
    loop on the same prompts (same model, chat template, left padding, batch size,
    max_new_tokens, greedy, 2 torch threads) in the same run.  Reported: items/s of each and
@@ -43,9 +43,9 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
 
     from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
     from sift_ops.generation import build_prompts, prompt_text
-    from tasks.lm_scoring import score_pool
-    from tasks.pool import ingest_pool_files, pool_dir
-    from tasks.sample import build_sample
+    from tasks.pool.items import ingest_pool_files, pool_dir
+    from tasks.pool.lm_scoring import score_pool
+    from tasks.sample.bundled import build_sample
 
     sample = build_sample(work / "sample", n_docs=40, n_queries=2, pool_size=args.items)
     parquet = ingest_pool_files(sample["paths"]["pool"],
@@ -55,7 +55,7 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
     texts = [prompt_text(a, b) for a, b in zip(items.column("instruction").to_pylist(),
                                                items.column("input").to_pylist(), strict=True)]
 
-    from tasks.ray_runtime import ensure_ray
+    from tasks.runtime.ray_runtime import ensure_ray
 
     ensure_ray(address="local")  # our own Ray, never another process's instance
     # the flow's stage: Ray Data, one actor holding the LM

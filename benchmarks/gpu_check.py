@@ -53,7 +53,7 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
 
 
 def sample_dir(args) -> Path:
-    from tasks.sample import build_sample
+    from tasks.sample.bundled import build_sample
 
     out = Path(args.work) / "sample"
     if not (out / "sample.json").is_file():
@@ -66,7 +66,7 @@ def part_embed(args) -> None:
     import torch
 
     from sift_ops.embedding import TextEncoder
-    from tasks.embed import discover_inputs, read_file_shards
+    from tasks.corpus.embed import discover_inputs, read_file_shards
 
     pile = sample_dir(args) / "pile"
     seqs = []
@@ -114,7 +114,7 @@ def part_lm(args) -> None:
 
     from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
     from sift_ops.generation import SCORE_KEYS, greedy_scores, prompt_text
-    from tasks.pool import ingest_pool_files, pool_dir
+    from tasks.pool.items import ingest_pool_files, pool_dir
 
     sample = sample_dir(args)
     parquet = ingest_pool_files(sample / "pool.jsonl",

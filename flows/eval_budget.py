@@ -46,11 +46,12 @@ from tqdm.auto import tqdm
 from sift_ops.generation import SCORE_KEYS
 from sift_ops.pool_strategies import LM_STRATEGIES, STRATEGIES, needs_lm
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
-from tasks import artifacts, db
-from tasks import evaluate as ev
-from tasks.eval_plots import budget_curves
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import db_path, reports_dir, workspace_root
+from tasks.evaluation import evaluate as ev
+from tasks.reporting import artifacts
+from tasks.reporting.eval_plots import budget_curves
+from tasks.runtime.workspace import db_path, reports_dir, workspace_root
+from tasks.storage import db
+from tasks.storage.runs import make_run_id, tracked_run
 
 #: Default strategies. The uncertainty strategies (sift_ops.pool_strategies.LM_STRATEGIES)
 #: are opt-in via ``strategies``: each adds as much fine-tuning as a diversity strategy

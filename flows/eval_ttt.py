@@ -3,7 +3,7 @@
 For each seed, ``n_docs`` held-out documents (half news, half code, never in the corpus)
 are cut into a prompt and a continuation. Each prompt is embedded with the corpus's
 encoder, ``k`` candidate chunks are retrieved from the faiss index and ``n`` are chosen
-with every strategy (sift, nn, nn-f, random, adaptive-sift: tasks/select.py; Adaptive SIFT
+with every strategy (sift, nn, nn-f, random, adaptive-sift: tasks/selection/select.py; Adaptive SIFT
 may choose fewer). The causal LM takes one Adam step per chosen chunk, in pick order, then
 the continuation's bits per byte is measured, and the original weights are restored before
 the next (prompt, strategy). The base model without fine-tuning is scored too. When
@@ -32,12 +32,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from tasks import artifacts, db
-from tasks import evaluate as ev
-from tasks.eval_plots import strategy_points
-from tasks.runs import make_run_id, tracked_run
-from tasks.select import DEFAULT_ALPHA, DEFAULT_DUP_THRESHOLD, strategy_params
-from tasks.workspace import CorpusPaths, db_path, reports_dir, workspace_root
+from tasks.evaluation import evaluate as ev
+from tasks.reporting import artifacts
+from tasks.reporting.eval_plots import strategy_points
+from tasks.runtime.workspace import CorpusPaths, db_path, reports_dir, workspace_root
+from tasks.selection.select import DEFAULT_ALPHA, DEFAULT_DUP_THRESHOLD, strategy_params
+from tasks.storage import db
+from tasks.storage.runs import make_run_id, tracked_run
 
 #: Defaults sized for about 30 minutes on 2 CPU cores with SmolLM2-135M: 8 docs x 3 seeds x
 #: 3 strategies (sift, nn, random) x 8 steps = 576 Adam steps; named with --strategies,
@@ -73,8 +74,8 @@ def select_chunks(workspace: str, name: str, prompts: list[str], strategies: lis
     variance and number of picks and, when nn ran too, the share of its distinct picks that
     nn also picked."""
     from sift_ops.embedding import TextEncoder
-    from tasks.search_service import SearchService
-    from tasks.select import select_for_queries
+    from tasks.index.search_service import SearchService
+    from tasks.selection.select import select_for_queries
 
     paths = CorpusPaths(workspace, name)
     manifest = paths.load_manifest()

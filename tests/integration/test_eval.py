@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import db
-from tasks.sample import build_sample
-from tasks.workspace import db_path
+from tasks.runtime.workspace import db_path
+from tasks.sample.bundled import build_sample
+from tasks.storage import db
 from tests.tiny_lm import build_tiny_lm
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_eval_budget_uncertainty_strategies(ws):
 
 def test_finetune_on_budgets_computes_each_set_once_and_resumes(ws, tmp_path):
     from flows.eval_budget import finetune_on_budgets
-    from tasks import evaluate as ev
+    from tasks.evaluation import evaluate as ev
 
     pairs = ev.load_pool_pairs(Path(ws.sample) / "pool.jsonl",
                                Path(ws.sample) / "pool_references.jsonl")
@@ -208,7 +208,7 @@ def test_lm_scores_checkpoint_round_trip(tmp_path):
 
     from flows.eval_budget import _read_scores, _write_scores
     from sift_ops.generation import SCORE_KEYS
-    from tasks.evaluate import PoolPair
+    from tasks.evaluation.evaluate import PoolPair
 
     pairs = [PoolPair(f"i{j}", "s", "p", "r") for j in range(3)]
     scores = {k: np.array([0.5, np.nan, 2.0]) for k in SCORE_KEYS}
