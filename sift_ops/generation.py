@@ -22,11 +22,11 @@ prefill is most of the CPU time, and even length-sorted batches of 16 sample-poo
 were 30 % padding); the rows' caches are left-padded into one batch cache and ``generate``
 continues from it, one cached decode step per token for the whole batch. Elsewhere
 ``generate`` runs the padded prompts as one prefill pass. Either way the positions and the
-attention mask are those of the padded batch, so the scores agree to float rounding.  On CUDA the budget comes from the free memory
-(:func:`lm_token_budget`). The model's dtype only changes the forward passes (the
-uncertainty scores are always computed in float32), but bf16 forward passes change the
-greedy answers themselves (measured: benchmarks/README.md), so scoring runs float32 unless
-bf16 is asked for.
+attention mask are those of the padded batch, so the scores agree to float rounding.
+On CUDA the budget comes from the free memory (:func:`lm_token_budget`). The model's dtype
+only changes the forward passes (the uncertainty scores are always computed in float32),
+but bf16 forward passes change the greedy answers themselves (measured:
+benchmarks/README.md), so scoring runs float32 unless bf16 is asked for.
 """
 
 from __future__ import annotations
