@@ -33,6 +33,35 @@ def test_token_budget_batches_give_the_one_by_one_scores(lm):
                                        err_msg=f"{k} {kwargs}")
 
 
+def test_row_prefill_gives_the_padded_prefill_scores(lm, tmp_path):
+    """Each prompt prefilled alone, joined into a left-padded cache (the CPU default), scores
+    like one padded prefill inside generate; one-token and empty prompts included; the
+    timings count every real and padded position."""
+    model, tok = lm
+    texts = [*TEXTS, "", "z"]
+    padded = greedy_scores(model, tok, texts, max_new_tokens=5, batch_size=4, prefill="batch")
+    tm: dict = {}
+    rows = greedy_scores(model, tok, texts, max_new_tokens=5, batch_size=4, timings=tm)
+    for k in padded:
+        np.testing.assert_allclose(rows[k], padded[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert tm["prefill_s"] > 0 and tm["generate_s"] > 0 and tm["score_s"] > 0
+    assert tm["prompt_tokens"] < tm["prompt_slots"]  # unequal lengths share batches
+    assert tm["response_tokens"] <= tm["response_slots"] == len(texts) * 5
+    # no chat template: one-token prompts (nothing to prefill), alone and beside longer ones
+    from sift_ops.causal_lm import load_causal_lm
+    from tests.tiny_lm import build_tiny_lm
+
+    plain, ptok = load_causal_lm(str(build_tiny_lm(tmp_path / "plain", seed=3,
+                                                   chat_template=False)))
+    short = ["z", "q", "z", "abc", "a longer one"]
+    a = greedy_scores(plain, ptok, short, max_new_tokens=3, batch_size=2, prefill="batch")
+    b = greedy_scores(plain, ptok, short, max_new_tokens=3, batch_size=2, prefill="rows")
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    with pytest.raises(ValueError, match="prefill"):
+        greedy_scores(model, tok, ["a"], max_new_tokens=2, prefill="rowz")
+
+
 def test_bf16_scores_stay_close_to_float32(lm, tmp_path):
     """The CUDA dtype, run on CPU: same greedy answers' scores within a small tolerance
     where the answers agree (a random tiny LM has near-ties, so compare the rows whose
