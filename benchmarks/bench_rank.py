@@ -106,10 +106,12 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
         here_s, tm, _ = scores_here()
         timings.append(tm)
         load_start = _loads()
+        cpu0 = time.process_time()  # the driver's own CPU while the stage runs
         ensure_ray(address="local")  # our own Ray, never another process's instance
         table, stats = score_pool(parquet, lm_path, max_new_tokens=args.max_new_tokens,
                                   gen_batch_size=args.batch, rows_per_call=args.batch * 4,
                                   threads=args.threads, token_budget=args.token_budget)
+        driver_cpu = time.process_time() - cpu0
         ray.shutdown()  # free the actor's cores before the next bare loop
         bare_s.append(bare())
         ref = (bare_s[-2] + bare_s[-1]) / 2  # the bare loops either side of this stage run
@@ -117,7 +119,8 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
         rounds.append({"round": r, "bare_s": ref, "bare_before_s": bare_s[-2],
                        "bare_after_s": bare_s[-1], "in_process_s": here_s,
                        "stage_busy_s": busy, "stage_wall_s": wall,
-                       "stage_startup_s": wall - busy, "ratio_busy": ref / busy,
+                       "stage_startup_s": wall - busy, "stage_driver_cpu_s": driver_cpu,
+                       "ratio_busy": ref / busy,
                        "ratio_wall": ref / wall, "ratio_in_process": ref / here_s,
                        "load_start": load_start, "load_end": _loads()})
         emit(bench="lm_scoring", step="round", items=n, **rounds[-1])
