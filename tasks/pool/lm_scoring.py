@@ -34,12 +34,6 @@ log = logging.getLogger(__name__)
 
 _READ_COLS = ["item_id", "instruction", "input", "output"]
 NO_PROGRESS_TIMEOUT_S = 4 * 3600  # Ray Data's default is 1800 s
-# The driver's Ray Data scheduling loop wakes every 0.1 s by default; on 2 cores its work
-# (about 1.5 s of driver CPU per 25 s stage) took CPU from the LM actor's two torch threads:
-# the stage's busy time was 2.2 s (13 %) over the same code in one process. An LM block
-# takes tens of seconds and the actor holds queued blocks, so waking once a second loses
-# nothing there and cut that overhead to 0.5 s (benchmarks/README.md).
-LM_SCHEDULER_POLL_S = 1.0
 
 
 def _unlabeled_texts(batch: pa.Table) -> tuple[list[str], list[str]]:
@@ -118,32 +112,14 @@ def block_bytes(items_parquet: str | Path, rows_per_call: int) -> int:
     return int(max(16 << 10, per_row * max(1, rows_per_call)))
 
 
-def _scheduler_poll(seconds: float | None) -> float | None:
-    """Set the Ray Data scheduling loop's wait per step (a module constant of Ray's
-    streaming executor, read on every step); return the previous value. No-op (None) when
-    ``seconds`` is None or this Ray has no such constant."""
-    try:
-        from ray.data._internal.execution import streaming_executor_state as state
-    except ImportError:
-        return None
-    old = getattr(state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", None)
-    if seconds is None or old is None:
-        return None
-    state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = seconds
-    return old
-
-
 def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, Any], *,
                     rows_per_call: int, actors: int = 1, gpus_per_actor: float = 0.0,
                     progress: Callable[[int], None] | None = None,
-                    ray_address: str | None = None,
-                    scheduler_poll_s: float | None = None) -> tuple[pa.Table, dict[str, Any]]:
+                    ray_address: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
     """Map ``actor`` over the pool's rows with Ray Data; return (results, stats).
 
     ``kwargs`` go to the actor's constructor; ``threads`` is filled in from the cluster
     size when None.  ``progress(n_rows)`` is called on the driver per result block.
-    ``scheduler_poll_s``: how long the driver's Ray Data scheduling loop waits for a task
-    per step (Ray's default 0.1 s; None keeps it), restored afterwards.
     """
     import ray
 
@@ -175,7 +151,6 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
         num_cpus=actor_cpus, num_gpus=gpus_per_actor if use_gpu else None,
     )
     parts: list[pa.Table] = []
-    poll = _scheduler_poll(scheduler_poll_s)
     t0 = time.perf_counter()
     try:
         for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -185,7 +160,6 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
     finally:
         (ctx.enable_progress_bars, ctx.target_max_block_size,
          ctx.execution_no_progress_timeout_s) = saved
-        _scheduler_poll(poll)
     seconds = time.perf_counter() - t0
     table = pa.concat_tables(parts) if parts else None
     n = 0 if table is None else table.num_rows
@@ -212,7 +186,7 @@ def score_pool(items_parquet: str | Path, lm_path: str, *, max_new_tokens: int =
          "gen_batch_size": gen_batch_size, "threads": threads,
          "token_budget": token_budget, "dtype": dtype},
         rows_per_call=rows_per_call, actors=actors, gpus_per_actor=gpus_per_actor,
-        progress=progress, ray_address=ray_address, scheduler_poll_s=LM_SCHEDULER_POLL_S)
+        progress=progress, ray_address=ray_address)
     if table is None:
         table = pa.table({"item_id": pa.array([], pa.string()),
                           **{k: pa.array([], pa.float64()) for k in (*SCORE_KEYS, "seconds")}})
