@@ -93,7 +93,8 @@ class FlowParams(BaseModel):
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Literal  # noqa: E402
 
-from pydantic import Field, field_validator, model_validator  # noqa: E402
+from pydantic import Field, ValidationInfo, field_validator, model_validator  # noqa: E402
+from typing_extensions import Self  # noqa: E402
 
 from sift_ops.pool_strategies import STRATEGIES, needs_lm  # noqa: E402
 from tasks.evaluation.evaluate import (  # noqa: E402
@@ -118,7 +119,7 @@ class _OnSample(FlowParams):
     sample: str | None = Field(None, description="folder `sift-curate sample` wrote; "
                                "default: <workspace>/sample")
 
-    def in_workspace(self, workspace: str | Path):
+    def in_workspace(self, workspace: str | Path) -> Self:
         """A copy whose ``sample`` is the absolute folder (default ``<workspace>/sample``),
         the form the run id hashes (so a relative path and its absolute form agree)."""
         folder = Path(self.sample or Path(workspace) / "sample").expanduser().resolve()
@@ -172,7 +173,9 @@ class EvalTTTParams(_OnSample):
 
     @field_validator("seeds", "strategies", mode="before")
     @classmethod
-    def _empty_is_default(cls, v: Any, info) -> Any:
+    def _empty_is_default(cls, v: Any, info: ValidationInfo) -> Any:
+        """None is the default (the CLI parses an empty option to None), and so is an empty
+        strategy list; an empty seed list stays an error."""
         if v is None or (info.field_name == "strategies" and not v):
             return cls.default(info.field_name)
         return v
@@ -233,7 +236,9 @@ class EvalBudgetParams(_OnSample):
 
     @field_validator("budgets", "strategies", "seeds", mode="before")
     @classmethod
-    def _empty_is_default(cls, v: Any, info) -> Any:
+    def _empty_is_default(cls, v: Any, info: ValidationInfo) -> Any:
+        """None is the default (the CLI parses an empty option to None), and so is an empty
+        budget or strategy list; an empty seed list stays an error."""
         if v is None or (info.field_name != "seeds" and not v):
             return cls.default(info.field_name)
         return v
