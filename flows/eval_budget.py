@@ -45,36 +45,37 @@ from tasks.evaluation import evaluate as ev
 from tasks.runtime.workspace import db_path, reports_dir, workspace_root
 from tasks.storage.runs import make_run_id, tracked_run
 
-D = EvalBudgetParams.default
+_D = EvalBudgetParams.default
 
 
 @flow(name="eval-budget", log_prints=True)
 def eval_budget_flow(
     workspace: str | None = None,
-    sample: str | None = D("sample"),
-    n_select: int = D("n_select"),
-    n_test: int = D("n_test"),
-    budgets: list[float] | None = D("budgets"),
-    strategies: list[str] | None = D("strategies"),
-    seeds: list[int] | None = D("seeds"),
-    lr: float = D("lr"),
-    epochs: int = D("epochs"),
-    batch_size: int = D("batch_size"),
-    lam: float = D("lam"),
-    lm: str | None = D("lm"),
-    encoder: str | None = D("encoder"),
-    max_prompt_tokens: int = D("max_prompt_tokens"),
-    max_response_tokens: int = D("max_response_tokens"),
-    max_new_tokens: int = D("max_new_tokens"),
-    gen_batch_size: int = D("gen_batch_size"),
-    threads: int | None = D("threads"),
+    sample: str | None = _D("sample"),
+    n_select: int = _D("n_select"),
+    n_test: int = _D("n_test"),
+    budgets: list[float] | None = None,
+    strategies: list[str] | None = None,
+    seeds: list[int] | None = None,
+    lr: float = _D("lr"),
+    epochs: int = _D("epochs"),
+    batch_size: int = _D("batch_size"),
+    lam: float = _D("lam"),
+    lm: str | None = _D("lm"),
+    encoder: str | None = _D("encoder"),
+    max_prompt_tokens: int = _D("max_prompt_tokens"),
+    max_response_tokens: int = _D("max_response_tokens"),
+    max_new_tokens: int = _D("max_new_tokens"),
+    gen_batch_size: int = _D("gen_batch_size"),
+    threads: int | None = _D("threads"),
     run_id: str | None = None,
 ) -> dict[str, Any]:
     """Label-efficiency evaluation on the sample's pool (see the module docstring).
 
     ``max_new_tokens`` / ``gen_batch_size`` only matter when a strategy needs LM
     uncertainty scores (the greedy answer's length cap in tokens, prompts per
-    ``generate`` call).
+    ``generate`` call). The parameters are :class:`flows.params.EvalBudgetParams` (a list
+    left None: its default).
     """
     p = EvalBudgetParams.of(locals())
     ws = str(workspace_root(workspace))

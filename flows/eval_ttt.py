@@ -35,37 +35,37 @@ from tasks.evaluation import ttt
 from tasks.runtime.workspace import db_path, reports_dir, workspace_root
 from tasks.storage.runs import make_run_id, tracked_run
 
-D = EvalTTTParams.default
+_D = EvalTTTParams.default
 
 
 @flow(name="eval-ttt", log_prints=True)
 def eval_ttt_flow(
-    name: str = D("name"),
+    name: str = _D("name"),
     workspace: str | None = None,
-    sample: str | None = D("sample"),
-    n_docs: int = D("n_docs"),
-    n: int = D("n"),
-    k: int = D("k"),
-    lam: float = D("lam"),
-    lr: float = D("lr"),
-    seeds: list[int] | None = D("seeds"),
-    strategies: list[str] | None = D("strategies"),
-    split: str = D("split"),
-    lm: str | None = D("lm"),
-    max_train_tokens: int = D("max_train_tokens"),
-    prompt_chars: int = D("prompt_chars"),
-    continuation_chars: int = D("continuation_chars"),
-    threads: int | None = D("threads"),
+    sample: str | None = _D("sample"),
+    n_docs: int = _D("n_docs"),
+    n: int = _D("n"),
+    k: int = _D("k"),
+    lam: float = _D("lam"),
+    lr: float = _D("lr"),
+    seeds: list[int] | None = None,
+    strategies: list[str] | None = None,
+    split: str = _D("split"),
+    lm: str | None = _D("lm"),
+    max_train_tokens: int = _D("max_train_tokens"),
+    prompt_chars: int = _D("prompt_chars"),
+    continuation_chars: int = _D("continuation_chars"),
+    threads: int | None = _D("threads"),
     run_id: str | None = None,
-    dup_threshold: float = D("dup_threshold"),
-    alpha: float = D("alpha"),
+    dup_threshold: float = _D("dup_threshold"),
+    alpha: float = _D("alpha"),
 ) -> dict[str, Any]:
     """Test-time fine-tuning evaluation on corpus ``name`` (embedded and indexed).
 
     ``sample`` is the folder `sift-curate sample` wrote (default <workspace>/sample); its
     ``pile/`` must be the corpus's input, since held-out documents are checked against it.
     ``dup_threshold``: NN-F's filter; ``alpha``: Adaptive SIFT's compute-performance ratio.
-    The parameters are :class:`flows.params.EvalTTTParams`.
+    The parameters are :class:`flows.params.EvalTTTParams` (a list left None: its default).
     """
     p = EvalTTTParams.of(locals())
     ws = str(workspace_root(workspace))

@@ -34,12 +34,6 @@ from sift_ops import finetune as ft
 from sift_ops.generation import prompt_text
 from sift_ops.pool_strategies import rank_items
 
-TTT_STRATEGIES = ("sift", "nn", "nn-f", "random", "adaptive-sift")
-#: what eval-ttt runs when no strategies are named (the CLI and the flow alike)
-TTT_DEFAULT_STRATEGIES = ("sift", "nn", "random")
-#: what eval-budget runs when no strategies are named: random and the diversity strategies
-#: of sift_ops.pool_strategies; the uncertainty ones are opt-in (flows.params.EvalBudgetParams)
-BUDGET_DEFAULT_STRATEGIES = ("random", "k_center", "facility_location", "sift")
 #: Two texts are near duplicates when the Jaccard similarity of their word 3-gram sets is
 #: at least this. Measured on the sample generator's copies
 #: (tests/unit/tasks/sample/test_sample.py):
