@@ -41,10 +41,11 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
+    from sift_ops.causal_lm import load_causal_lm
     from sift_ops.generation import build_prompts, prompt_text
     from tasks.pool.items import ingest_pool_files, pool_dir
     from tasks.pool.lm_scoring import score_pool
+    from tasks.runtime.models import resolve_lm_path
     from tasks.sample.bundled import build_sample
 
     sample = build_sample(work / "sample", n_docs=40, n_queries=2, pool_size=args.items)

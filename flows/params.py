@@ -29,9 +29,11 @@ class ParameterError(ValueError):
     """Flow parameters that do not validate; the message names each bad parameter."""
 
 
-def explain(err: ValidationError, prefix: str, known: list[str]) -> list[str]:
+def explain(err: ValidationError, prefix: str, known: list[str],
+            name_choices: bool = False) -> list[str]:
     """One line per error of ``err``: ``<prefix><field>: <why> (got <value>)``, with a
-    close match suggested for an unknown name."""
+    close match suggested for an unknown name; ``name_choices`` words a value outside a
+    ``Literal`` as the CLI always has: ``unknown strategy 'x'; choose from ...``."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -44,7 +46,7 @@ def explain(err: ValidationError, prefix: str, known: list[str]) -> list[str]:
             close = difflib.get_close_matches(key, known, n=1)
             msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else
                                    f"; known keys: {', '.join(known)}")
-        elif e["type"] == "literal_error":
+        elif e["type"] == "literal_error" and name_choices:
             field = str(e["loc"][0])
             label = (field[:-3] + "y" if field.endswith("ies") else field[:-1]
                      if field.endswith("s") and len(e["loc"]) > 1 else field)
@@ -85,7 +87,7 @@ class FlowParams(BaseModel):
             return cls.model_validate(values)
         except ValidationError as err:
             raise ParameterError(f"invalid {cls.FLOW} parameters:\n  " + "\n  ".join(
-                explain(err, "", list(cls.model_fields)))) from None
+                explain(err, "", list(cls.model_fields), name_choices=True))) from None
 
     @classmethod
     def default(cls, name: str) -> Any:

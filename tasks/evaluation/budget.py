@@ -97,11 +97,12 @@ def score_pool_uncertainty(lm: str | None, cache_dir: str, prompts: list[str], *
 
     from sift_ops.causal_lm import load_causal_lm
     from sift_ops.generation import greedy_scores
+    from tasks.runtime.models import resolve_lm_path
 
     logger = get_run_logger()
     if threads:
         torch.set_num_threads(threads)
-    model, tok = load_causal_lm(lm, cache_dir=cache_dir)
+    model, tok = load_causal_lm(resolve_lm_path(lm, cache_dir))
     n = len(prompts)
     out = {k: np.full(n, np.nan) for k in SCORE_KEYS}
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -235,10 +236,11 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
 
     from sift_ops import finetune as ft
     from sift_ops.causal_lm import load_causal_lm
+    from tasks.runtime.models import resolve_lm_path
 
     if threads:
         torch.set_num_threads(threads)
-    model, tok = load_causal_lm(lm, cache_dir=cache_dir)
+    model, tok = load_causal_lm(resolve_lm_path(lm, cache_dir))
     base = ft.snapshot(model)
     pad = tok.pad_token_id
     setup = {"lm": lm, "lr": lr, "epochs": epochs, "batch_size": batch_size,

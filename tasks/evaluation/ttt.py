@@ -94,10 +94,11 @@ def finetune_and_score(lm: str | None, cache_dir: str, docs_by_seed: dict[int, l
 
     from sift_ops import finetune as ft
     from sift_ops.causal_lm import load_causal_lm
+    from tasks.runtime.models import resolve_lm_path
 
     if threads:
         torch.set_num_threads(threads)
-    model, tok = load_causal_lm(lm, cache_dir=cache_dir)
+    model, tok = load_causal_lm(resolve_lm_path(lm, cache_dir))
     base = ft.snapshot(model)
     total = sum(len(d) for d in docs_by_seed.values())
     rows: list[dict[str, Any]] = []

@@ -183,7 +183,7 @@ def score_pool_uncertainty(parquet: str, pool_name: str, lm: str | None, workspa
                       ) -> tuple[pa.Table, dict]:
     """LM uncertainty of every unlabelled item: from the pool's cache where the same item
     was scored by the same LM before, with the Ray LM stage for the others."""
-    from sift_ops.causal_lm import resolve_lm_path
+    from tasks.runtime.models import resolve_lm_path
 
     logger = get_run_logger()
     # resolve (and, the first time, convert a GGUF) on the driver, once
