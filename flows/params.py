@@ -14,13 +14,22 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic import model_validator as _model_validator
+from typing_extensions import Self
 
 from sift_ops.budget import ALLOCATIONS
 from sift_ops.pool_strategies import STRATEGIES as POOL_STRATEGIES
+from sift_ops.pool_strategies import needs_lm
 from sift_ops.sift import DEFAULT_ADAPTIVE_ALPHA, DEFAULT_DUP_THRESHOLD
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
 
@@ -339,13 +348,6 @@ class CollectParams(FlowParams):
 
 
 # -- evaluation flows (eval-ttt, eval-budget) --------------------------------------------
-# (imports the rest of the file does not need; kept here so this section merges as a block)
-from typing import Annotated  # noqa: E402
-
-from pydantic import ValidationInfo  # noqa: E402
-from typing_extensions import Self  # noqa: E402
-
-from sift_ops.pool_strategies import needs_lm  # noqa: E402
 
 #: what eval-ttt runs when no strategies are named (the CLI and the flow alike)
 TTT_DEFAULT_STRATEGIES = ("sift", "nn", "random")
