@@ -39,8 +39,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
+
+from sift_ops.tensors import to_tensor as _to_tensor
 
 __all__ = [
     "DEFAULT_ADAPTIVE_ALPHA",
@@ -123,12 +124,6 @@ class Selection(tuple):
 
 # --------------------------------------------------------------------------------------
 # input handling
-
-
-def _to_tensor(x: ArrayLike) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    return torch.as_tensor(np.asarray(x))
 
 
 def _prepare(
