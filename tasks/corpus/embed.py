@@ -40,7 +40,8 @@ import pyarrow.parquet as pq
 
 from tasks.corpus.lookup import MAX_CHUNKS, pack_doc_ids
 from tasks.corpus.pile_reader import BadLine, is_pile_file, iter_pile_file, list_pile_files
-from tasks.runtime.workspace import CorpusPaths, write_json_atomic
+from tasks.runtime.atomic import atomic_path, write_json_atomic
+from tasks.runtime.workspace import CorpusPaths
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +312,8 @@ class ShardEmbedder:
         # Quarantine first, shard last: the shard's existence marks the block as done.
         self._write_quarantine(shard, src_file, row, good)
         table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(stats).encode()})
-        tmp = self.out_dir / f".{shard}.parquet.tmp"
-        pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
-        os.replace(tmp, self.out_dir / f"{shard}.parquet")
+        with atomic_path(self.out_dir / f"{shard}.parquet") as tmp:
+            pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
         stats["seconds"] = time.perf_counter() - t0
         stats["embed_seconds"] = embed_s
         stats["dtype"] = self.encoder.precision["dtype"]
@@ -325,14 +325,12 @@ class ShardEmbedder:
         if good.all():
             target.unlink(missing_ok=True)
             return
-        tmp = self.quarantine_dir / f".{shard}.jsonl.tmp"
         line, error, raw = (row.column(k)[0].values for k in ("line", "error", "raw"))
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             for i in np.flatnonzero(~good):
                 fh.write(json.dumps({"file": src_file, "line": line[i].as_py(),
                                      "reason": error[i].as_py(),
                                      "raw": raw[i].as_py()}) + "\n")
-        os.replace(tmp, target)
 
 
 # ---------------------------------------------------------------------------- driver

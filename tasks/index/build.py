@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from datetime import datetime, timezone
@@ -35,7 +34,8 @@ from sift_ops import index as fx
 from tasks.corpus.lookup import embedding_matrix
 from tasks.index.search_service import SearchService
 from tasks.index.vector_store import VectorStore, doc_ids_file, vectors_file
-from tasks.runtime.workspace import CorpusPaths, write_json_atomic
+from tasks.runtime.atomic import replace_durably, write_json_atomic
+from tasks.runtime.workspace import CorpusPaths
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,8 @@ def build_block(corpus_root: str, block: dict, dim: int, kind: str,
     vec.flush()
     ids.flush()
     del vec, ids
-    os.replace(vec_tmp, vectors_file(d["store"], b))
-    os.replace(ids_tmp, doc_ids_file(d["store"], b))
+    replace_durably(vec_tmp, vectors_file(d["store"], b))
+    replace_durably(ids_tmp, doc_ids_file(d["store"], b))
     if index is not None:
         fx.write_index(index, d["blocks"] / f"block-{b:05d}.faiss")
     stats = {"block": b, "n": block["n"], "shards": len(block["shards"]),
