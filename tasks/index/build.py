@@ -398,13 +398,10 @@ def _without_own(rows: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
 
 def recall_plot(recall: dict, path: Path, title: str) -> Path | None:
     """Recall@k against ms per query, one line per re-rank factor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tasks.reporting.plots import pyplot, save_figure
 
     key = f"recall@{recall['k']}"
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     by_r: dict[Any, list[dict]] = {}
     for c in recall["curve"]:
         by_r.setdefault(c["rerank_factor"], []).append(c)
@@ -423,13 +420,7 @@ def recall_plot(recall: dict, path: Path, title: str) -> Path | None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------- driver
