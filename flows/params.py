@@ -12,9 +12,17 @@ The curation job's model is :class:`flows.jobs.CurationJob` (it also reads jobs 
 from __future__ import annotations
 
 import difflib
-from typing import Any, ClassVar
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import model_validator as _model_validator
+
+from sift_ops.budget import ALLOCATIONS
+from sift_ops.pool_strategies import STRATEGIES as POOL_STRATEGIES
+from sift_ops.sift import DEFAULT_ADAPTIVE_ALPHA, DEFAULT_DUP_THRESHOLD
+from sift_ops.uncertainty import UNCERTAINTY_KEYS
 
 
 class ParameterError(ValueError):
@@ -36,7 +44,13 @@ def explain(err: ValidationError, prefix: str, known: list[str]) -> list[str]:
             close = difflib.get_close_matches(key, known, n=1)
             msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else
                                    f"; known keys: {', '.join(known)}")
-        elif "input" in e and e["type"] not in ("missing",):
+        elif e["type"] == "literal_error":
+            field = str(e["loc"][0])
+            label = (field[:-3] + "y" if field.endswith("ies") else field[:-1]
+                     if field.endswith("s") and len(e["loc"]) > 1 else field)
+            expected = e.get("ctx", {}).get("expected", "")
+            msg = f"unknown {label} {e['input']!r}; choose from {expected}"
+        elif "input" in e and e["type"] not in ("missing", "value_error"):
             msg += f" (got {e['input']!r})"
         lines.append(f"{prefix}{loc}: {msg}")
     return lines
@@ -61,7 +75,12 @@ class FlowParams(BaseModel):
     def of(cls, arguments: dict[str, Any]):
         """The model of a flow call's ``locals()`` (control arguments and anything else that
         is not a field are left out), or :class:`ParameterError` naming each bad one."""
-        values = {k: v for k, v in arguments.items() if k in cls.model_fields}
+        fields = cls.model_fields
+        # None for a field whose default is not None means "the default" (a flow's
+        # list-valued parameters default to None because Prefect's defaults are shared)
+        values = {k: v for k, v in arguments.items() if k in fields
+                  and not (v is None and not fields[k].is_required()
+                           and fields[k].get_default(call_default_factory=True) is not None)}
         try:
             return cls.model_validate(values)
         except ValidationError as err:
@@ -84,8 +103,245 @@ class FlowParams(BaseModel):
 
 # -- corpus, index and selection flows ---------------------------------------------------
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as tasks.runtime.workspace.check_name
+SelectStrategy = Literal["sift", "nn", "nn-f", "random", "adaptive-sift"]
+StoreDtype = Literal["auto", "float16", "float32"]
+
+
+class SampleParams(FlowParams):
+    """``sample``: the bundled mini-Pile, prompts and pool written to ``out``."""
+
+    FLOW: ClassVar[str] = "sample"
+    CONTROL: ClassVar[frozenset[str]] = frozenset()
+
+    out: str
+    n_docs: int | None = Field(None, gt=0)
+    n_queries: int = Field(64, gt=0)
+    pool_size: int = Field(1200, gt=0)
+    seed: int = 0
+    redundancy: float = Field(0.0, ge=0, le=1)
+
+
+class EmbedParams(FlowParams):
+    """``embed``: a Pile-format corpus into ``<workspace>/corpora/<name>`` shards."""
+
+    FLOW: ClassVar[str] = "embed"
+    NOT_IN_RUN_ID: ClassVar[frozenset[str]] = frozenset({
+        "batch_size", "token_budget", "dtype", "actors", "gpus_per_actor", "ray_address",
+        "trust_remote_code"})
+
+    corpus: str
+    name: str
+    model: str | None = None
+    batch_size: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    shard_docs: int = 2000
+    actors: int = Field(1, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    ray_address: str | None = None
+    trust_remote_code: bool = False
+    token_budget: int | None = Field(None, gt=0)
+    dtype: Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] | None = None
+
+    _resolve = field_validator("corpus")(lambda v: resolve_if_exists(v))
+
+
+class IndexParams(FlowParams):
+    """``index``: the corpus index of ``<workspace>/corpora/<name>``."""
+
+    FLOW: ClassVar[str] = "index"
+    NOT_IN_RUN_ID: ClassVar[frozenset[str]] = frozenset({
+        "train_size", "block_vectors", "rebuild", "ray_address"})
+
+    name: str
+    factory: str = "auto"
+    memory_budget: str = "4GB"
+    target_recall: float = Field(0.95, gt=0, le=1)
+    recall_k: int = Field(200, gt=0)
+    train_size: int | None = Field(None, gt=0)
+    block_vectors: int = Field(1 << 18, gt=0)
+    store_dtype: StoreDtype = "auto"
+    rebuild: bool = False
+    ray_address: str | None = None
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _as_text(cls, v: Any) -> str:
+        return str(v)
+
+
+class ImportEmbeddingsParams(FlowParams):
+    """``import-embeddings``: precomputed vectors registered as corpus ``name``."""
+
+    FLOW: ClassVar[str] = "import-embeddings"
+
+    name: str
+    source: str
+    id_column: str = "doc_id"
+    embedding_column: str = "embedding"
+    text_column: str | None = "text"
+    source_column: str | None = "source"
+    model: str | None = None
+    shard_rows: int = Field(100_000, gt=0)
+
+    _resolve = field_validator("source")(lambda v: resolve_if_exists(v))
+
+
+class SelectParams(FlowParams):
+    """``select``: N chunks per prompt from K candidates of corpus ``name``'s index."""
+
+    FLOW: ClassVar[str] = "select"
+
+    name: str
+    queries: str | None = None
+    query_embeddings: str | None = None
+    k: int = Field(200, gt=0)
+    n: int = Field(50, gt=0)
+    lam: float = Field(0.01, gt=0, allow_inf_nan=False)
+    strategy: SelectStrategy = "sift"
+    seed: int = 0
+    min_gain: float | None = None
+    nprobe: int | None = Field(None, gt=0)
+    rerank_factor: int | None = Field(None, gt=0)
+    block: int = Field(256, gt=0)
+    ray_address: str | None = None
+    dup_threshold: float = Field(DEFAULT_DUP_THRESHOLD, ge=-1, le=2)
+    alpha: float = Field(DEFAULT_ADAPTIVE_ALPHA, gt=0, allow_inf_nan=False)
+
+    @_model_validator(mode="after")
+    def _one_prompt_file(self) -> SelectParams:
+        if (self.queries is None) == (self.query_embeddings is None):
+            raise ValueError("give exactly one of queries (a prompt file) and "
+                             "query_embeddings (.npy or Parquet of prompt vectors)")
+        if not Path(self.source).is_file():
+            raise ValueError(f"{'queries' if self.queries else 'query embeddings'} file "
+                             f"{self.source} does not exist")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The prompt file (queries or query embeddings), absolute."""
+        return str(Path(self.queries or self.query_embeddings or "").expanduser().resolve())
+
+    def run_key(self) -> dict[str, Any]:
+        # the strategy-specific knobs join the key only for their strategy, so sift, nn and
+        # random runs keep the ids they had before NN-F and Adaptive SIFT existed
+        key = {"name": self.name, "queries": self.source, "k": self.k, "n": self.n,
+               "lam": self.lam, "strategy": self.strategy, "seed": self.seed,
+               "min_gain": self.min_gain, "nprobe": self.nprobe,
+               "rerank_factor": self.rerank_factor}
+        if self.strategy == "nn-f":
+            key["dup_threshold"] = self.dup_threshold
+        if self.strategy == "adaptive-sift":
+            key["alpha"] = self.alpha
+        if self.query_embeddings:
+            key["query_embeddings"] = True
+        return key
+
+
+class DemoParams(FlowParams):
+    """``demo``: sample -> embed -> index -> select (sift, nn) on the bundled sample."""
+
+    FLOW: ClassVar[str] = "demo"
+    CONTROL: ClassVar[frozenset[str]] = frozenset({"workspace"})
+
+    k: int = Field(200, gt=0)
+    n: int = Field(50, gt=0)
+    lam: float = Field(0.01, gt=0, allow_inf_nan=False)
+    n_docs: int | None = Field(None, gt=0)
+    n_queries: int = Field(64, gt=0)
+
 
 # -- pool and annotation flows -----------------------------------------------------------
 
+PoolStrategy = Literal[POOL_STRATEGIES]  # type: ignore[valid-type]
+Allocation = Literal[ALLOCATIONS]  # type: ignore[valid-type]
+UncertaintyMetric = Literal[UNCERTAINTY_KEYS]  # type: ignore[valid-type]
+Unit = Literal["items", "tokens"]
+RANK_DEFAULT_STRATEGIES = ("random", "mean_entropy", "k_center", "facility_location")
+
+
+class RankParams(FlowParams):
+    """``rank``: an unlabeled pool ranked for annotation by each strategy under a budget."""
+
+    FLOW: ClassVar[str] = "rank"
+    NOT_IN_RUN_ID: ClassVar[frozenset[str]] = frozenset({
+        "strict", "gen_batch_size", "actors", "trust_remote_code", "ray_address"})
+
+    pool: str
+    pool_name: str
+    budget: float
+    unit: Unit = "items"
+    strategies: list[PoolStrategy] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(RANK_DEFAULT_STRATEGIES), min_length=1)
+    targets: str | None = None
+    allocation: Allocation = "proportional"  # type: ignore[valid-type]
+    batch_size: int | None = Field(None, gt=0)
+    lm: str | None = None
+    max_new_tokens: int = Field(64, gt=0)
+    uncertainty_metric: UncertaintyMetric = "mean_entropy"  # type: ignore[valid-type]
+    corpus: str | None = None
+    encoder: str | None = None
+    strict: bool = False
+    seed: int = 0
+    knn: int = Field(64, gt=0)
+    lam: float = Field(0.1, gt=0, allow_inf_nan=False)
+    gen_batch_size: int = Field(16, gt=0)
+    actors: int = Field(1, gt=0)
+    trust_remote_code: bool = False
+    ray_address: str | None = None
+
+    _resolve_pool = field_validator("pool")(lambda v: resolve_if_exists(v))
+    _distinct = field_validator("strategies")(lambda v: list(dict.fromkeys(v)))
+
+    @field_validator("budget")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not v > 0 or math.isinf(v):  # also NaN
+            raise ValueError(f"--budget must be > 0, got {v:g}: nothing would be selected")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return str(Path(v).expanduser().resolve()) if v else None
+
+
+class HandoffParams(FlowParams):
+    """``handoff``: a rank run's selection as files, or into a Label Studio project."""
+
+    FLOW: ClassVar[str] = "handoff"
+    CONTROL: ClassVar[frozenset[str]] = frozenset({"workspace"})
+
+    run: str
+    format: Literal["labelstudio", "jsonl", "csv"] = "labelstudio"
+    out: str | None = None
+    strategy: PoolStrategy | None = None  # type: ignore[valid-type]
+    force: bool = False
+    to: Literal["files", "label-studio"] = "files"
+    url: str | None = None
+    project: str | None = None
+
+
+class CollectParams(FlowParams):
+    """``collect``: the annotations of Label Studio projects into ``annotations``."""
+
+    FLOW: ClassVar[str] = "collect"
+    CONTROL: ClassVar[frozenset[str]] = frozenset({"workspace"})
+
+    run: str | None = None
+    project: str | None = None
+    pool_name: str | None = None
+    url: str | None = None
+    missing_ok: bool = False
+
 
 # -- evaluation flows (eval-ttt, eval-budget) --------------------------------------------
+
+
+def resolve_if_exists(value: str | None) -> str | None:
+    """An input path made absolute when it exists (so a run id does not depend on the
+    working directory); a glob or a missing path stays as given, to fail where it is read."""
+    if value is None:
+        return None
+    return str(Path(value).expanduser().resolve()) if Path(value).exists() else value

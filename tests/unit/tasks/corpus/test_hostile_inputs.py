@@ -1,4 +1,4 @@
-"""Bad input as a hostile user would send it (see the README table "Bad input"): each
+"""Bad input as a hostile user would send it (see docs/operations.md, "Bad input"): each
 case ends in a clear message naming the file/line/field, or in a counted quarantine."""
 
 from __future__ import annotations
