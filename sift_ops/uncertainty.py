@@ -4,7 +4,7 @@ For every response position ``t`` the model gives a next-token distribution
 ``p_t = softmax(logits[:, t])`` and the response contains the token ``y_t = tokens[:, t]``
 (so ``logits[:, t]`` must be the logits that *produced* ``tokens[:, t]``; for a HF
 causal LM that is ``outputs.logits[:, t - 1]`` of the full sequence, or the ``scores`` of
-``generate``).  Over the unmasked positions of each sequence (DESIGN.md):
+``generate``).  Over the unmasked positions of each sequence (docs/architecture.md, "Methods"):
 
 * ``mean_entropy``     ``mean_t H(p_t)``                        (nats; high = uncertain)
 * ``max_entropy``      ``max_t H(p_t)``                         (nats; high = uncertain)

@@ -64,7 +64,7 @@ READ_SCHEMA = pa.schema([
 
 
 def shard_schema(dim: int) -> pa.Schema:
-    """The embeddings contract of DESIGN.md."""
+    """The embeddings contract: one row per chunk (docs/architecture.md, "Shard schema")."""
     return pa.schema([
         ("doc_id", pa.int64()), ("source", pa.string()), ("text", pa.string()),
         ("n_tokens", pa.int32()), ("embedding", pa.list_(pa.float32(), dim)),

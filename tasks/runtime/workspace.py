@@ -1,4 +1,4 @@
-"""Where things live on disk (see DESIGN.md, "Workspace on disk").
+"""Where things live on disk (docs/architecture.md, "Workspace on disk").
 
     <workspace>/corpora/<name>/manifest.json
     <workspace>/corpora/<name>/embeddings/part-FFFFF-BBBBB.parquet
