@@ -352,16 +352,6 @@ def _align(ids: pa.Array, table: pa.Table) -> np.ndarray:
     return np.where(np.isnan(pos.astype(float)), -1, pos).astype(np.int64)
 
 
-def _encoder_for(corpus: str | None, encoder: str | None, workspace: str | None
-                 ) -> tuple[str | None, int | None]:
-    """The corpus's encoder (so pool and corpus share an embedding space), else --encoder,
-    else the bundled default."""
-    if corpus:
-        manifest = CorpusPaths(workspace, corpus).load_manifest()
-        return manifest["model"], manifest.get("max_tokens")
-    return encoder, None
-
-
 def _score_rows(rid: str, pool_name: str, item_ids: list[str], scores: dict[str, np.ndarray],
                 unlabeled: np.ndarray) -> pa.Table:
     """Long rows for item_scores: one per (unlabelled item, metric) with a finite value."""
