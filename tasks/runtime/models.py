@@ -24,7 +24,7 @@ from sift_ops.causal_lm import (
     file_sha256,
     lm_folder,
 )
-from tasks.runtime.workspace import write_json_atomic
+from tasks.runtime.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
