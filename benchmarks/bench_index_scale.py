@@ -231,7 +231,8 @@ def write_corpus(args: argparse.Namespace, n: int) -> dict:
     from sift_ops import index as fx
     from tasks.corpus.embed import SHARD_META_KEY, finalize_manifest, shard_schema
     from tasks.corpus.lookup import pack_doc_ids
-    from tasks.runtime.workspace import CorpusPaths, write_json_atomic
+    from tasks.runtime.atomic import write_json_atomic
+    from tasks.runtime.workspace import CorpusPaths
 
     work = Path(args.work)
     ws = workspace_for(work, n)

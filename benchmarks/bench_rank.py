@@ -55,11 +55,12 @@ def bench_lm(args: argparse.Namespace, work: Path) -> None:
     import ray
     import torch
 
-    from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
+    from sift_ops.causal_lm import load_causal_lm
     from sift_ops.embedding import budget_batches
     from sift_ops.generation import build_prompts, greedy_scores, prompt_text
     from tasks.pool.items import ingest_pool_files, pool_dir
     from tasks.pool.lm_scoring import score_pool
+    from tasks.runtime.models import resolve_lm_path
     from tasks.runtime.ray_runtime import ensure_ray
     from tasks.sample.bundled import build_sample
 

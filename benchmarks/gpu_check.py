@@ -112,9 +112,10 @@ def part_lm(args) -> None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
+    from sift_ops.causal_lm import load_causal_lm
     from sift_ops.generation import SCORE_KEYS, greedy_scores, prompt_text
     from tasks.pool.items import ingest_pool_files, pool_dir
+    from tasks.runtime.models import resolve_lm_path
 
     sample = sample_dir(args)
     parquet = ingest_pool_files(sample / "pool.jsonl",

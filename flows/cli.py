@@ -319,13 +319,10 @@ def eval_ttt(
     """
     ws = _setup(workspace)
     from flows.eval_ttt import eval_ttt_flow
+    from flows.params import EvalTTTParams
 
-    _show(eval_ttt_flow(name=name, workspace=ws, sample=sample, n_docs=n_docs, n=n, k=k,
-                        lam=lam, lr=lr, seeds=_ints(seeds), strategies=_names(strategies),
-                        split=split, lm=lm, max_train_tokens=max_train_tokens,
-                        prompt_chars=prompt_chars, continuation_chars=continuation_chars,
-                        threads=threads, run_id=run_id, dup_threshold=dup_threshold,
-                        alpha=alpha))
+    p = EvalTTTParams.of({**locals(), "seeds": _ints(seeds), "strategies": _names(strategies)})
+    _show(eval_ttt_flow(workspace=ws, run_id=run_id, **p.flow_kwargs()))
 
 
 @app.command("eval-budget")
@@ -382,15 +379,11 @@ least_confidence,mean_margin,min_margin,uncertainty_facility_location
     """
     ws = _setup(workspace)
     from flows.eval_budget import eval_budget_flow
+    from flows.params import EvalBudgetParams
 
-    _show(eval_budget_flow(workspace=ws, sample=sample, n_select=n_select, n_test=n_test,
-                           budgets=_floats(budgets), strategies=_names(strategies),
-                           seeds=_ints(seeds), lr=lr, epochs=epochs, batch_size=batch_size,
-                           lam=lam, lm=lm, encoder=encoder,
-                           max_prompt_tokens=max_prompt_tokens,
-                           max_response_tokens=max_response_tokens,
-                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
-                           threads=threads, run_id=run_id))
+    p = EvalBudgetParams.of({**locals(), "budgets": _floats(budgets),
+                             "strategies": _names(strategies), "seeds": _ints(seeds)})
+    _show(eval_budget_flow(workspace=ws, run_id=run_id, **p.flow_kwargs()))
 
 
 @app.command()

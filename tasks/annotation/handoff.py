@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from sift_ops.generation import prompt_text
-from tasks.runtime.workspace import write_json_atomic
+from tasks.runtime.atomic import write_bytes_atomic, write_json_atomic
 from tasks.storage import db
 
 FORMATS = {"labelstudio": "json", "jsonl": "jsonl", "csv": "csv"}
@@ -119,9 +119,7 @@ def write_handoff(rows: list[dict], fmt: str, folder: Path, run_id: str, strateg
     for b in sorted(batches):
         data = _WRITERS[fmt](batches[b], run_id)
         path = folder / f"batch-{b:04d}.{ext}"
-        tmp = folder / f".{path.name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
         files.append({"file": path.name, "path": str(path), "batch": b,
                       "n_items": len(batches[b]), "sha256": hashlib.sha256(data).hexdigest()})
     manifest = {"run_id": run_id, "strategy": strategy, "format": fmt,

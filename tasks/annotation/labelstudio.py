@@ -41,10 +41,6 @@ LABEL_CONFIG = """<View>
           value="priority $priority: rank $rank of $strategy (batch $batch), item $item_id"/>
 </View>"""
 
-#: task data fields every task of a sift-curate project carries
-TASK_FIELDS = ("instruction", "input", "item_id", "pool_name", "run_id", "strategy", "rank",
-               "batch", "priority", "source", "cost")
-
 
 class LabelStudioError(RuntimeError):
     """Label Studio refused or could not be reached; the message says what to do.

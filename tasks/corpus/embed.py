@@ -40,7 +40,8 @@ import pyarrow.parquet as pq
 
 from tasks.corpus.lookup import MAX_CHUNKS, pack_doc_ids
 from tasks.corpus.pile_reader import BadLine, is_pile_file, iter_pile_file, list_pile_files
-from tasks.runtime.workspace import CorpusPaths, write_json_atomic
+from tasks.runtime.atomic import atomic_path, write_json_atomic
+from tasks.runtime.workspace import CorpusPaths
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ READ_SCHEMA = pa.schema([
 
 
 def shard_schema(dim: int) -> pa.Schema:
-    """The embeddings contract of DESIGN.md."""
+    """The embeddings contract: one row per chunk (docs/architecture.md, "Shard schema")."""
     return pa.schema([
         ("doc_id", pa.int64()), ("source", pa.string()), ("text", pa.string()),
         ("n_tokens", pa.int32()), ("embedding", pa.list_(pa.float32(), dim)),
@@ -311,9 +312,8 @@ class ShardEmbedder:
         # Quarantine first, shard last: the shard's existence marks the block as done.
         self._write_quarantine(shard, src_file, row, good)
         table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(stats).encode()})
-        tmp = self.out_dir / f".{shard}.parquet.tmp"
-        pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
-        os.replace(tmp, self.out_dir / f"{shard}.parquet")
+        with atomic_path(self.out_dir / f"{shard}.parquet") as tmp:
+            pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
         stats["seconds"] = time.perf_counter() - t0
         stats["embed_seconds"] = embed_s
         stats["dtype"] = self.encoder.precision["dtype"]
@@ -325,14 +325,12 @@ class ShardEmbedder:
         if good.all():
             target.unlink(missing_ok=True)
             return
-        tmp = self.quarantine_dir / f".{shard}.jsonl.tmp"
         line, error, raw = (row.column(k)[0].values for k in ("line", "error", "raw"))
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             for i in np.flatnonzero(~good):
                 fh.write(json.dumps({"file": src_file, "line": line[i].as_py(),
                                      "reason": error[i].as_py(),
                                      "raw": raw[i].as_py()}) + "\n")
-        os.replace(tmp, target)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -430,7 +428,7 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
     import ray
 
     from sift_ops.embedding import TextEncoder
-    from tasks.runtime.ray_runtime import ensure_ray, ray_info
+    from tasks.runtime.ray_runtime import actor_resources, data_context, ensure_ray, ray_info
 
     resources = ensure_ray(address=cfg.ray_address)
     # Load the encoder once on the driver to resolve the model's name, dim and window size
@@ -444,44 +442,34 @@ def run_embedding(corpus: str | Path, paths: CorpusPaths, cfg: EmbedConfig,
     log.info("embedding %d input files into %s (%d shards already done, %d temp files removed)",
              len(manifest["files"]), paths.embeddings, len(done), n_tmp)
 
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.target_max_block_size, ctx.enable_progress_bars)
+    # Whole CPUs per actor would leave none for the read tasks (actor_resources).
+    actor_cpus, actor_gpus, threads = actor_resources(
+        resources, cfg.actors, cfg.gpus_per_actor, cfg.threads_per_actor or None)
     # A shard is one row, and rows are never split; a tiny target block size makes every
     # shard its own block (spread over actors) and streams each stats row back at once
     # (otherwise a whole file's shards ride in one block and report only at the end).
-    ctx.target_max_block_size = 1
-    ctx.enable_progress_bars = False
-
-    n_cpus = float(resources.get("CPU", 1))
-    use_gpu = cfg.gpus_per_actor > 0 and resources.get("GPU", 0) > 0
-    # One CPU per actor would starve the read tasks on a 2-core box (see ENVIRONMENT.md):
-    # leave at least half a CPU for reading.
-    actor_cpus = 1.0 if use_gpu else max(0.5, min(1.0, (n_cpus - 0.5) / max(cfg.actors, 1)))
-    threads = cfg.threads_per_actor or max(1, int(n_cpus // max(cfg.actors, 1)))
-    # one block per read task: no need for Ray to split read outputs further
-    ds = ray.data.read_datasource(make_datasource(manifest["files"], cfg, done),
-                                  num_cpus=0.5, override_num_blocks=len(manifest["files"]))
-    ds = ds.map_batches(
-        ShardEmbedder,
-        fn_constructor_kwargs={
-            "out_dir": str(paths.embeddings), "quarantine_dir": str(paths.quarantine),
-            "model": cfg.model, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
-            "threads": threads, "trust_remote_code": cfg.trust_remote_code,
-            "token_budget": cfg.token_budget, "dtype": cfg.dtype,
-        },
-        batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.actors, 1)),
-        num_cpus=actor_cpus, num_gpus=cfg.gpus_per_actor if use_gpu else None,
-    )
-    t0 = time.perf_counter()
-    new_shards: list[dict] = []
-    try:
+    with data_context(target_max_block_size=1, enable_progress_bars=False):
+        # one block per read task: no need for Ray to split read outputs further
+        ds = ray.data.read_datasource(make_datasource(manifest["files"], cfg, done),
+                                      num_cpus=0.5, override_num_blocks=len(manifest["files"]))
+        ds = ds.map_batches(
+            ShardEmbedder,
+            fn_constructor_kwargs={
+                "out_dir": str(paths.embeddings), "quarantine_dir": str(paths.quarantine),
+                "model": cfg.model, "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens,
+                "threads": threads, "trust_remote_code": cfg.trust_remote_code,
+                "token_budget": cfg.token_budget, "dtype": cfg.dtype,
+            },
+            batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.actors, 1)),
+            num_cpus=actor_cpus, num_gpus=actor_gpus,
+        )
+        t0 = time.perf_counter()
+        new_shards: list[dict] = []
         for row in ds.iter_rows():
             new_shards.append(row)
             if progress is not None:
                 progress(row)
-    finally:
-        ctx.target_max_block_size, ctx.enable_progress_bars = saved
     seconds = time.perf_counter() - t0
     manifest = finalize_manifest(paths, manifest)
     new_chunks = sum(s["n_chunks"] for s in new_shards)

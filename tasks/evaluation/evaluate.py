@@ -1,6 +1,7 @@
 """Evaluation plumbing: held-out documents, selected texts, fine-tune/score loops, result rows.
 
-Two evaluations (see flows/eval_ttt.py and flows/eval_budget.py):
+Two evaluations (the flows in flows/eval_ttt.py and flows/eval_budget.py, their tasks in
+tasks/evaluation/ttt.py and tasks/evaluation/budget.py):
 
 * test-time fine-tuning (TTT): a held-out document is cut into a prompt (prefix) and a
   continuation; chunks selected for the prompt from the indexed corpus fine-tune the LM,
@@ -33,9 +34,6 @@ from sift_ops import finetune as ft
 from sift_ops.generation import prompt_text
 from sift_ops.pool_strategies import rank_items
 
-TTT_STRATEGIES = ("sift", "nn", "nn-f", "random", "adaptive-sift")
-#: what eval-ttt runs when no strategies are named (the CLI and the flow alike)
-TTT_DEFAULT_STRATEGIES = ("sift", "nn", "random")
 #: Two texts are near duplicates when the Jaccard similarity of their word 3-gram sets is
 #: at least this. Measured on the sample generator's copies
 #: (tests/unit/tasks/sample/test_sample.py):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from datetime import datetime, timezone
@@ -35,7 +34,8 @@ from sift_ops import index as fx
 from tasks.corpus.lookup import embedding_matrix
 from tasks.index.search_service import SearchService
 from tasks.index.vector_store import VectorStore, doc_ids_file, vectors_file
-from tasks.runtime.workspace import CorpusPaths, write_json_atomic
+from tasks.runtime.atomic import replace_durably, write_json_atomic
+from tasks.runtime.workspace import CorpusPaths
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,8 @@ def build_block(corpus_root: str, block: dict, dim: int, kind: str,
     vec.flush()
     ids.flush()
     del vec, ids
-    os.replace(vec_tmp, vectors_file(d["store"], b))
-    os.replace(ids_tmp, doc_ids_file(d["store"], b))
+    replace_durably(vec_tmp, vectors_file(d["store"], b))
+    replace_durably(ids_tmp, doc_ids_file(d["store"], b))
     if index is not None:
         fx.write_index(index, d["blocks"] / f"block-{b:05d}.faiss")
     stats = {"block": b, "n": block["n"], "shards": len(block["shards"]),
@@ -398,13 +398,10 @@ def _without_own(rows: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
 
 def recall_plot(recall: dict, path: Path, title: str) -> Path | None:
     """Recall@k against ms per query, one line per re-rank factor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tasks.reporting.plots import pyplot, save_figure
 
     key = f"recall@{recall['k']}"
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     by_r: dict[Any, list[dict]] = {}
     for c in recall["curve"]:
         by_r.setdefault(c["rerank_factor"], []).append(c)
@@ -423,13 +420,7 @@ def recall_plot(recall: dict, path: Path, title: str) -> Path | None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------- driver

@@ -26,6 +26,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.runtime.atomic import replace_durably
+
 #: the hash of an item's content, as DuckDB computes it from the items.parquet columns
 _CONTENT = "md5(i.instruction || chr(0) || coalesce(i.input, ''))"
 
@@ -98,7 +100,7 @@ def cached_compute(items_parquet: str | Path, cache_file: str | Path,
             con.execute(f"COPY ({' UNION ALL BY NAME '.join(parts)}) TO '{fresh}' "
                         "(FORMAT parquet)")
             table = pq.read_table(fresh)
-            os.replace(fresh, cache_file)
+            replace_durably(fresh, cache_file)
         return table.drop_columns(["content"]), n_todo
     finally:
         con.close()

@@ -31,7 +31,6 @@ import heapq
 import json
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.runtime.atomic import replace_durably
 from tasks.runtime.workspace import check_name, workspace_root
 from tasks.selection.prompt_files import iter_prompt_lines
 from tasks.storage import db
@@ -511,8 +511,8 @@ def ingest_pool_files(pool: str | Path, folder: str | Path, *, strict: bool = Fa
         if fixes.count:  # outputs seen on later duplicates: a second pass over the items
             final = tmp / "items-fixed.parquet"
             _apply_fixes(tmp / "items.parquet", final, fixes)
-        os.replace(tmp / "quarantine.parquet", res.quarantine_path)
-        os.replace(final, res.items_path)
+        replace_durably(tmp / "quarantine.parquet", res.quarantine_path)
+        replace_durably(final, res.items_path)
     return res
 
 

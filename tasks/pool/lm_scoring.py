@@ -10,9 +10,9 @@ generation on a CPU; the stage sizes blocks from the file's bytes per row instea
 Workers never open DuckDB; the flow writes the returned Arrow tables.  Already-labelled
 items are skipped.
 
-Resources follow tasks/corpus/embed.py and ENVIRONMENT.md: read tasks ask for half a CPU, an
-actor for at most one CPU and at least half, never all of them (on 2 cores two whole-CPU
-actors starved the read task and hung).
+Resources follow tasks/corpus/embed.py (:func:`tasks.runtime.ray_runtime.actor_resources`):
+read tasks ask for half a CPU, an actor for at most one CPU and at least half, never all of
+them (whole-CPU actors on a small machine starve the read task, and the stage hangs).
 """
 
 from __future__ import annotations
@@ -123,43 +123,36 @@ def run_actor_stage(items_parquet: str | Path, actor: type, kwargs: dict[str, An
     """
     import ray
 
-    from tasks.runtime.ray_runtime import ensure_ray
+    from tasks.runtime.ray_runtime import actor_resources, data_context, ensure_ray
 
     resources = ensure_ray(address=ray_address)
-    n_cpus = float(resources.get("CPU", 1))
-    use_gpu = gpus_per_actor > 0 and resources.get("GPU", 0) > 0
-    actor_cpus = 1.0 if use_gpu else max(0.5, min(1.0, (n_cpus - 0.5) / max(actors, 1)))
     kwargs = dict(kwargs)
-    if kwargs.get("threads") is None:
-        kwargs["threads"] = max(1, int(n_cpus // max(actors, 1)))
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.target_max_block_size,
-             ctx.execution_no_progress_timeout_s)
-    ctx.enable_progress_bars = False  # the flow draws its own tqdm bar from the results
-    ctx.target_max_block_size = block_bytes(items_parquet, rows_per_call)
-    # Ray's hang detector (1800 s without a finished block) fired on a 2-core machine
-    # when one block held the whole pool; small blocks fix that, and a block of a slow
-    # CPU generation (64 items x a few s) still gets hours before it counts as a hang.
-    if (ctx.execution_no_progress_timeout_s or 0) > 0:  # <= 0: the user turned it off
-        ctx.execution_no_progress_timeout_s = max(NO_PROGRESS_TIMEOUT_S,
-                                                  ctx.execution_no_progress_timeout_s)
-    ds = ray.data.read_parquet(str(items_parquet), num_cpus=0.5).select_columns(_READ_COLS)
-    ds = ds.map_batches(
-        actor, fn_constructor_kwargs=kwargs, batch_size=rows_per_call,
-        batch_format="pyarrow", zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
-        num_cpus=actor_cpus, num_gpus=gpus_per_actor if use_gpu else None,
-    )
-    parts: list[pa.Table] = []
-    t0 = time.perf_counter()
-    try:
+    actor_cpus, actor_gpus, kwargs["threads"] = actor_resources(
+        resources, actors, gpus_per_actor, kwargs.get("threads"))
+    settings: dict[str, Any] = {
+        "enable_progress_bars": False,  # the flow draws its own tqdm bar from the results
+        "target_max_block_size": block_bytes(items_parquet, rows_per_call),
+    }
+    # Ray's hang detector (1800 s without a finished block) fired on a small machine when
+    # one block held the whole pool; small blocks fix that, and a block of a slow CPU
+    # generation (64 items x a few s) still gets hours before it counts as a hang.
+    no_progress_s = ray.data.DataContext.get_current().execution_no_progress_timeout_s
+    if (no_progress_s or 0) > 0:  # <= 0: the user turned it off
+        settings["execution_no_progress_timeout_s"] = max(NO_PROGRESS_TIMEOUT_S, no_progress_s)
+    with data_context(**settings):
+        ds = ray.data.read_parquet(str(items_parquet), num_cpus=0.5).select_columns(_READ_COLS)
+        ds = ds.map_batches(
+            actor, fn_constructor_kwargs=kwargs, batch_size=rows_per_call,
+            batch_format="pyarrow", zero_copy_batch=True,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
+            num_cpus=actor_cpus, num_gpus=actor_gpus,
+        )
+        parts: list[pa.Table] = []
+        t0 = time.perf_counter()
         for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             parts.append(block)
             if progress is not None:
                 progress(block.num_rows)
-    finally:
-        (ctx.enable_progress_bars, ctx.target_max_block_size,
-         ctx.execution_no_progress_timeout_s) = saved
     seconds = time.perf_counter() - t0
     table = pa.concat_tables(parts) if parts else None
     n = 0 if table is None else table.num_rows

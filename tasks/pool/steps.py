@@ -183,7 +183,7 @@ def score_pool_uncertainty(parquet: str, pool_name: str, lm: str | None, workspa
                       ) -> tuple[pa.Table, dict]:
     """LM uncertainty of every unlabelled item: from the pool's cache where the same item
     was scored by the same LM before, with the Ray LM stage for the others."""
-    from sift_ops.causal_lm import resolve_lm_path
+    from tasks.runtime.models import resolve_lm_path
 
     logger = get_run_logger()
     # resolve (and, the first time, convert a GGUF) on the driver, once
@@ -350,16 +350,6 @@ def _align(ids: pa.Array, table: pa.Table) -> np.ndarray:
     """Row of ``table`` for each item id (-1 where missing)."""
     pos = pc.index_in(ids, value_set=table.column("item_id")).to_numpy(zero_copy_only=False)
     return np.where(np.isnan(pos.astype(float)), -1, pos).astype(np.int64)
-
-
-def _encoder_for(corpus: str | None, encoder: str | None, workspace: str | None
-                 ) -> tuple[str | None, int | None]:
-    """The corpus's encoder (so pool and corpus share an embedding space), else --encoder,
-    else the bundled default."""
-    if corpus:
-        manifest = CorpusPaths(workspace, corpus).load_manifest()
-        return manifest["model"], manifest.get("max_tokens")
-    return encoder, None
 
 
 def _score_rows(rid: str, pool_name: str, item_ids: list[str], scores: dict[str, np.ndarray],

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 def artifact_key(text: str) -> str:
@@ -26,14 +23,6 @@ def markdown(key: str, body: str, description: str = "") -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(markdown=body, key=artifact_key(key), description=description)
-
-
-def table(key: str, rows: list[dict[str, Any]], description: str = "") -> None:
-    if not _in_run() or not rows:
-        return
-    from prefect.artifacts import create_table_artifact
-
-    create_table_artifact(table=rows, key=artifact_key(key), description=description)
 
 
 def md_table(rows: list[dict[str, Any]], floatfmt: str = ".4g") -> str:

@@ -7,25 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path, suptitle: str | None = None) -> Path:
-    """Lay out, write and close ``fig``; the PNG's path."""
-    if suptitle is not None:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    _plt().close(fig)
-    return path
+from tasks.reporting.plots import pyplot, save_figure
 
 
 def strategy_points(per_seed: dict[str, Sequence[float]], path: str | Path, title: str,
@@ -35,7 +17,7 @@ def strategy_points(per_seed: dict[str, Sequence[float]], path: str | Path, titl
     ``per_seed[strategy]`` holds one value per seed (e.g. mean bits per byte over that
     seed's documents). A dashed line marks the ``reference`` strategy's mean.
     """
-    plt = _plt()
+    plt = pyplot()
     names = list(per_seed)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     means = [float(np.mean(per_seed[s])) for s in names]
@@ -61,7 +43,7 @@ def strategy_points(per_seed: dict[str, Sequence[float]], path: str | Path, titl
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | Path,
@@ -77,7 +59,7 @@ def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | P
     of each other; a strategy keeps its colour in every panel. Default: one untitled
     panel with every strategy.
     """
-    plt = _plt()
+    plt = pyplot()
     names = list(curves)
     groups = {t: list(g) for t, g in panels.items()} if panels else {"": names}
     colour = {s: f"C{i % 10}" for i, s in enumerate(names)}
@@ -107,7 +89,7 @@ def budget_curves(curves: dict[str, dict[float, Sequence[float]]], path: str | P
         if panel:
             ax.set_title(panel, fontsize=9)
     axes[0][0].set_ylabel(ylabel)
-    return _save(fig, path, suptitle=title)
+    return save_figure(fig, path, suptitle=title)
 
 
 def grouped_strategy_points(groups: Mapping[str, Mapping[str, Sequence[float]]],
@@ -123,7 +105,7 @@ def grouped_strategy_points(groups: Mapping[str, Mapping[str, Sequence[float]]],
     ``hollow[group][strategy]`` adds hollow diamonds (mean over seeds) in the left panel,
     e.g. the value at equal compute.
     """
-    plt = _plt()
+    plt = pyplot()
     gnames = list(groups)
     snames = list(dict.fromkeys(s for g in groups.values() for s in g))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.6), dpi=110,
@@ -158,4 +140,4 @@ def grouped_strategy_points(groups: Mapping[str, Mapping[str, Sequence[float]]],
     bx.set_ylabel(bar_label)
     bx.grid(axis="y", alpha=0.3)
     bx.legend(fontsize=8)
-    return _save(fig, path, suptitle=title)
+    return save_figure(fig, path, suptitle=title)

@@ -7,21 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.reporting.plots import pyplot, save_figure
+
 MAX_POINTS = 5000  # points drawn in the 2-D map (a uniform sample of larger pools)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def score_distributions(scores: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
     """One histogram per metric (finite values only), in a grid."""
-    plt = _plt()
+    plt = pyplot()
     keys = [k for k in scores if np.isfinite(scores[k]).any()]
     cols = min(3, max(1, len(keys)))
     rows = max(1, int(np.ceil(len(keys) / cols)))
@@ -35,10 +28,7 @@ def score_distributions(scores: dict[str, np.ndarray], path: str | Path, title: 
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def pca_2d(emb: np.ndarray) -> np.ndarray:
@@ -55,7 +45,7 @@ def selection_map(emb: np.ndarray, groups: np.ndarray, picks: dict[str, np.ndarr
                   path: str | Path, title: str, seed: int = 0) -> Path:
     """The pool in 2-D (PCA), coloured by group, one panel per strategy with its picks
     highlighted."""
-    plt = _plt()
+    plt = pyplot()
     xy = pca_2d(emb)
     n = len(xy)
     rng = np.random.default_rng(seed)
@@ -83,15 +73,12 @@ def selection_map(emb: np.ndarray, groups: np.ndarray, picks: dict[str, np.ndarr
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8,
                markerscale=2, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, rect=(0, 0.05, 1, 1))
 
 
 def budget_bars(rows: list[dict], path: str | Path, title: str, unit: str) -> Path:
     """Allocated (light) and spent (dark) budget per group, one cluster per strategy."""
-    plt = _plt()
+    plt = pyplot()
     strategies = sorted({r["strategy"] for r in rows})
     groups = sorted({r["grp"] for r in rows})
     colours = plt.get_cmap("tab10")
@@ -112,7 +99,4 @@ def budget_bars(rows: list[dict], path: str | Path, title: str, unit: str) -> Pa
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

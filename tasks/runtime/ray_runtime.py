@@ -1,18 +1,63 @@
 """Starting or joining Ray: a local instance by default, a cluster with $RAY_ADDRESS.
 
-Resources, as the Ray stages request them (see README "Operations"): read tasks ask for
-half a CPU; each encoder / LM actor asks for a fraction of a CPU (never a whole CPU per
-actor on small machines: two whole-CPU actors on 2 cores starve the read tasks and hang)
-or ``num_gpus`` when a GPU is requested and the cluster has one.
+Resources, as the Ray stages request them (docs/architecture.md, "Resources (Ray)"): read
+tasks ask for half a CPU; each encoder / LM actor asks for a fraction of a CPU
+(:func:`actor_resources`) or ``num_gpus`` when a GPU is requested and the cluster has one.
+Stages change Ray Data's settings only inside :func:`data_context`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+READ_TASK_CPUS = 0.5  # what a Ray Data read task asks for; actors leave at least this free
+
+
+def actor_resources(resources: dict, actors: int, gpus_per_actor: float = 0.0,
+                    threads: int | None = None) -> tuple[float, float | None, int]:
+    """How to size each actor of a pool of ``actors``: ``(num_cpus, num_gpus, threads)``.
+
+    ``resources`` is the cluster's (:func:`ensure_ray`).  With a GPU requested
+    (``gpus_per_actor > 0``) and present, an actor asks for 1 CPU and ``gpus_per_actor``
+    GPUs.  Otherwise it asks for ``(CPUs - 0.5) / actors`` CPUs clipped to [0.5, 1]: on a
+    small machine whole-CPU actors would take every CPU and starve the read tasks, and the
+    stage would hang.  ``threads`` (torch threads per actor) is kept when given, else
+    ``CPUs // actors`` (at least 1).
+    """
+    n_cpus = float(resources.get("CPU", 1))
+    actors = max(actors, 1)
+    use_gpu = gpus_per_actor > 0 and resources.get("GPU", 0) > 0
+    cpus = 1.0 if use_gpu else max(READ_TASK_CPUS, min(1.0, (n_cpus - READ_TASK_CPUS) / actors))
+    if threads is None:
+        threads = max(1, int(n_cpus // actors))
+    return cpus, (gpus_per_actor if use_gpu else None), threads
+
+
+@contextlib.contextmanager
+def data_context(**settings: Any) -> Iterator[Any]:
+    """Set attributes of the current Ray Data ``DataContext`` (``target_max_block_size=1``,
+    ...) for the ``with`` block and restore the previous values after it, also on error.
+
+    Build the datasets inside the block: a dataset takes its settings when it is created.
+    """
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = {key: getattr(ctx, key) for key in settings}
+    try:
+        for key, value in settings.items():
+            setattr(ctx, key, value)
+        yield ctx
+    finally:
+        for key, value in saved.items():
+            setattr(ctx, key, value)
 
 
 def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Where things live on disk (see DESIGN.md, "Workspace on disk").
+"""Where things live on disk (docs/architecture.md, "Workspace on disk").
 
     <workspace>/corpora/<name>/manifest.json
     <workspace>/corpora/<name>/embeddings/part-FFFFF-BBBBB.parquet
@@ -75,11 +75,3 @@ def reports_dir(workspace: str | Path | None, run_id: str) -> Path:
     path = workspace_root(workspace) / "reports" / run_id
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file + rename so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)

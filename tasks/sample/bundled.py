@@ -80,6 +80,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
+from tasks.runtime.atomic import write_bytes_atomic
+
 __all__ = [
     "CODE_SOURCE",
     "DEFAULT_N_DOCS",
@@ -821,21 +823,6 @@ def _pile_zst(docs: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(frames)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -948,9 +935,9 @@ def build_sample(
 
     (out / _SUMMARY).unlink(missing_ok=True)  # "complete" marker goes first ...
     for name, blob in blobs.items():
-        _write_atomic(out / name, blob)
+        write_bytes_atomic(out / name, blob)
     summary_bytes = (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    _write_atomic(out / _SUMMARY, summary_bytes)  # ... and comes back last
+    write_bytes_atomic(out / _SUMMARY, summary_bytes)  # ... and comes back last
 
     result = dict(summary)
     result["out"] = str(out.resolve())

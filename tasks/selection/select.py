@@ -85,16 +85,6 @@ def check_selection_args(strategy: str, k: int, n: int, lam: float,
         raise ValueError(f"alpha must be > 0 (got {alpha})")
 
 
-def strategy_params(strategy: str, dup_threshold: float, alpha: float) -> dict:
-    """The parameters a strategy adds to a run's params (none for sift / nn / random, so
-    their run ids stay what they were before NN-F and Adaptive SIFT existed)."""
-    if strategy == "nn-f":
-        return {"dup_threshold": dup_threshold}
-    if strategy == "adaptive-sift":
-        return {"alpha": alpha}
-    return {}
-
-
 def select_block(service: SearchService, query_emb: np.ndarray, *, k: int, n: int,
                  lam: float, strategy: str, generator: torch.Generator | None = None,
                  min_gain: float | None = None,

@@ -231,7 +231,8 @@ def test_real_smollm2_scores_a_handful(ws, tmp_path_factory):
 def test_the_bundled_gguf_passed_by_path_reuses_its_converted_folder(ws):
     """`rank --lm .../SmolLM2-135M-Instruct.Q4_1.gguf` is the default model: same bytes,
     same cached folder (converted by the test above, or here the first time)."""
-    from sift_ops.causal_lm import bundled_gguf, resolve_lm_path
+    from sift_ops.causal_lm import bundled_gguf
+    from tasks.runtime.models import resolve_lm_path
 
     models = Path(ws.root) / "models"
     assert resolve_lm_path(str(bundled_gguf()), models) == str(models /

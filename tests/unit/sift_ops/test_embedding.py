@@ -62,10 +62,10 @@ def test_length_sorting_does_not_change_the_order(encoder):
 def test_model_folders_that_ask_for_custom_code_are_refused(tmp_path, role):
     import json
 
-    from sift_ops.causal_lm import resolve_lm_path
+    from sift_ops.causal_lm import lm_folder
     from sift_ops.embedding import resolve_encoder_path
 
-    resolve = resolve_encoder_path if role == "encoder" else resolve_lm_path
+    resolve = resolve_encoder_path if role == "encoder" else lm_folder
     (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "evil", "auto_map": {"AutoModel": "modeling_evil.EvilModel"}}))
     with pytest.raises(PermissionError, match=f"{role} folder .* asks for custom code"):

