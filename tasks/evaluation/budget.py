@@ -30,6 +30,7 @@ from sift_ops.uncertainty import UNCERTAINTY_KEYS
 from tasks.evaluation import evaluate as ev
 from tasks.reporting import artifacts
 from tasks.reporting.eval_plots import budget_curves
+from tasks.runtime.atomic import atomic_path
 from tasks.storage import db
 
 #: {seed: (selection-pool indices, test indices)} into the run's pool pairs
@@ -336,14 +337,12 @@ def _read_scores(path: Path, item_ids: list[str], scorer: dict[str, Any]
 def _write_scores(path: Path, pairs: list[ev.PoolPair], scores: dict[str, np.ndarray],
                   scorer: dict[str, Any]) -> None:
     """One JSON line per scored item (item_id, source, :data:`SCORE_KEYS`, scorer
-    settings), written to a temp file and renamed (never half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    settings), written atomically (never half a file)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for j, p in enumerate(pairs):
             fh.write(json.dumps({"item_id": p.item_id, "source": p.source,
                                  **{k: float(scores[k][j]) for k in SCORE_KEYS},
                                  "scorer": scorer}) + "\n")
-    tmp.replace(path)
 
 
 def _panels(strategies: list[str]) -> dict[str, list[str]] | None:
