@@ -31,7 +31,7 @@ def main() -> None:
 
     from sift_ops.embedding import TextEncoder
     from sift_ops.sift import adaptive_stop, sift_select
-    from tasks.select import load_queries
+    from tasks.selection.select import load_queries
 
     corpus = Path(a.workspace) / "corpora" / a.name
     manifest = json.loads((corpus / "manifest.json").read_text())

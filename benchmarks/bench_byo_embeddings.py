@@ -65,7 +65,7 @@ def main() -> None:
 
     from benchmarks.synthetic import ClusteredStream
     from sift_ops import index as fx
-    from tasks import db
+    from tasks.storage import db
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

@@ -5,8 +5,8 @@ are read back for the baselines), so the ratios are the pipeline's overhead on t
 whatever else runs on it:
 
 1. ``tokenise``: the CPU stage alone (read + decompress + parse + cut into token windows,
-   :func:`tasks.embed.read_file_shards`), one process: chunks/s per core it can feed.
-2. ``pipeline``: :func:`tasks.embed.run_embedding`, the embed flow's task body (Ray Data:
+   :func:`tasks.corpus.embed.read_file_shards`), one process: chunks/s per core it can feed.
+2. ``pipeline``: :func:`tasks.corpus.embed.run_embedding`, the embed flow's task body (Ray Data:
    read/tokenise tasks -> encoder actor -> Parquet). Its *marginal* throughput is the chunks
    of every shard after the first over the time between the first and the last shard's
    arrival at the driver; the fixed start-up (Ray Data planning, actor start, model load,
@@ -86,10 +86,10 @@ def main() -> None:
     import torch
 
     from sift_ops.embedding import TextEncoder, default_encoder_path
-    from tasks.embed import EmbedConfig, discover_inputs, read_file_shards, run_embedding
-    from tasks.ray_runtime import ensure_ray
-    from tasks.sample import build_sample
-    from tasks.workspace import CorpusPaths
+    from tasks.corpus.embed import EmbedConfig, discover_inputs, read_file_shards, run_embedding
+    from tasks.runtime.ray_runtime import ensure_ray
+    from tasks.runtime.workspace import CorpusPaths
+    from tasks.sample.bundled import build_sample
 
     torch.set_num_threads(args.threads)
     sample = build_sample(work / "sample", n_docs=args.n_docs, n_queries=4, pool_size=20)
@@ -97,7 +97,7 @@ def main() -> None:
     files = [str(p) for p in discover_inputs(pile)]
 
     # 1. the CPU stage alone, in this process (tokenizer loaded first: a worker loads it once)
-    from tasks.embed import _chunker
+    from tasks.corpus.embed import _chunker
 
     _chunker(None, None, False)
     emit(bench="embed", step="tokenise", load=load())

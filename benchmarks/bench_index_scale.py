@@ -1,28 +1,29 @@
-"""Index scale: one trained faiss index in partitions (tasks/index.py, tasks/search_service.py)
+"""Index scale: one trained faiss index in partitions (tasks/index/build.py,
+tasks/index/search_service.py)
 at 1M, 3M and 10M synthetic 384-d vectors, against today's per-shard path at 1M.
 
 Per size (JSON lines to stdout and ``--out``):
 
 * ``data``: a synthetic embedded corpus (``synthetic.ClusteredStream``) written in the
-  product's own format, the way ``tasks/embed.py`` writes it: 3,000-row Parquet shards
+  product's own format, the way ``tasks/corpus/embed.py`` writes it: 3,000-row Parquet shards
   ``part-00000-BBBBB.parquet`` (``shard_schema(384)``, zstd, stats in the Parquet
   metadata) and a complete ``manifest.json`` (``finalize_manifest``). The exact top-200
   of the held-out queries over the *original float32* vectors is computed while the
   corpus is written (``sift_ops.index.exact_topk``, one chunk in memory).
-* ``build``: ``tasks.index.build_index(paths, "auto", memory_budget=...)`` in a
+* ``build``: ``tasks.index.build.build_index(paths, "auto", memory_budget=...)`` in a
   subprocess under local Ray (2 CPUs): train / add / merge / recall seconds, index bytes
   per vector, partitions, the nprobe and re-rank factor it chose; peak memory of that
   process and all its descendants (Ray workers included), sampled from /proc every 0.2 s.
 * ``search``: ``SearchService(paths)`` (one Ray actor per partition) in a subprocess:
   recall@50 / recall@200 of ``search_rows(q, 200)`` against the exact top-200;
-  ``tasks.select.select_block(..., k=200, n=50, lam=0.01, strategy="sift")`` over blocks
+  ``tasks.selection.select.select_block(..., k=200, n=50, lam=0.01, strategy="sift")`` over blocks
   of 256 prompts, the first block discarded (warm-up): prompts/s; open files and mapped
   files of the driver and the actors before and after the timed blocks; peak memory of
   the select phase (anonymous and file-backed pages separately).
 * at ``--baseline-sizes`` (1M): ``baseline`` (the per-shard path of ``6f296c6``, the
   commit before the partitioned index, re-implemented below from that code: one
   ``IDMap2(IndexFlatIP)`` per shard on disk, searched one after another in the driver,
-  candidates fetched from the Parquet shards by ``tasks.corpus.CorpusReader.fetch``,
+  candidates fetched from the Parquet shards by ``tasks.corpus.lookup.CorpusReader.fetch``,
   ``sift_select``), ``flat`` (the new path with an exact ``Flat`` index and float32
   store), ``agreement`` (their picks, prompt by
   prompt) and ``float16`` (SIFT on the same candidates with float32 vectors from the
@@ -228,9 +229,10 @@ def write_corpus(args: argparse.Namespace, n: int) -> dict:
     from synthetic import ClusteredStream
 
     from sift_ops import index as fx
-    from tasks.corpus import pack_doc_ids
-    from tasks.embed import SHARD_META_KEY, finalize_manifest, shard_schema
-    from tasks.workspace import CorpusPaths, write_json_atomic
+    from tasks.corpus.embed import SHARD_META_KEY, finalize_manifest, shard_schema
+    from tasks.corpus.lookup import pack_doc_ids
+    from tasks.runtime.atomic import write_json_atomic
+    from tasks.runtime.workspace import CorpusPaths
 
     work = Path(args.work)
     ws = workspace_for(work, n)
@@ -325,15 +327,15 @@ def _write_shard(paths, pa, pq, schema, meta_key, pack_doc_ids, x: np.ndarray,
 
 
 def _paths(args, n: int, flat: bool = False):
-    from tasks.workspace import CorpusPaths
+    from tasks.runtime.workspace import CorpusPaths
 
     return CorpusPaths(workspace_for(Path(args.work), n),
                        corpus_name(n) + ("-flat" if flat else ""))
 
 
 def stage_build(args) -> dict:
-    from tasks.index import build_index
-    from tasks.ray_runtime import ensure_ray
+    from tasks.index.build import build_index
+    from tasks.runtime.ray_runtime import ensure_ray
 
     ensure_ray(num_cpus=2)
     paths = _paths(args, args.size, flat=args.flat)
@@ -408,9 +410,9 @@ def stage_search(args) -> dict:
     import torch
 
     from sift_ops import index as fx
-    from tasks.ray_runtime import ensure_ray
-    from tasks.search_service import SearchService
-    from tasks.select import select_block
+    from tasks.index.search_service import SearchService
+    from tasks.runtime.ray_runtime import ensure_ray
+    from tasks.selection.select import select_block
 
     ensure_ray(num_cpus=2)
     ws = workspace_for(Path(args.work), args.size)
@@ -536,8 +538,8 @@ def float16_effect(args, svc, paths, blocks) -> dict:
     import torch
 
     from sift_ops import sift as sift_ops
-    from tasks.corpus import embedding_matrix
-    from tasks.vector_store import VectorStore, read_rows
+    from tasks.corpus.lookup import embedding_matrix
+    from tasks.index.vector_store import VectorStore, read_rows
 
     store = VectorStore(paths.index / "store", svc.meta["blocks"], svc.dim)
     same_seq = same_set = total = 0
@@ -578,13 +580,13 @@ def float16_effect(args, svc, paths, blocks) -> dict:
 
 def stage_baseline(args) -> dict:
     """The per-shard path of 6f296c6 (git show 6f296c6:sift_ops/index.py, tasks/index.py,
-    tasks/select.py; tasks/corpus.py's CorpusReader is unchanged since)."""
+    tasks/select.py; tasks/corpus.py's CorpusReader, now tasks/corpus/lookup.py, is unchanged)."""
     import faiss
     import pyarrow.parquet as pq
     import torch
 
     from sift_ops import sift as sift_ops
-    from tasks.corpus import CorpusReader, embedding_matrix
+    from tasks.corpus.lookup import CorpusReader, embedding_matrix
 
     ws = workspace_for(Path(args.work), args.size)
     paths = _paths(args, args.size)

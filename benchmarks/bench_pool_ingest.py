@@ -108,7 +108,7 @@ def child(args: argparse.Namespace) -> None:
     """One ingest in this fresh process; prints one JSON object."""
     import pyarrow.parquet as pq
 
-    from tasks.pool import pool_dir
+    from tasks.pool.items import pool_dir
 
     if args.module:  # an older reader, loaded from a file
         import importlib.util
@@ -118,7 +118,7 @@ def child(args: argparse.Namespace) -> None:
         sys.modules["old_pool"] = mod  # its dataclasses look their module up
         spec.loader.exec_module(mod)
     else:
-        from tasks import pool as mod
+        from tasks.pool import items as mod
     base = _rss_mb()
     ws = Path(args.work) / "ws"
     dbf = ws / "curation.duckdb"
@@ -166,7 +166,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--compare-rev", default=None,
-                   help="also run tasks/pool.py of this git revision (the in-memory reader)")
+                   help="also run tasks/pool/items.py of this git revision (the in-memory reader)")
     p.add_argument("--compare-sizes", type=int, nargs="+", default=[100_000])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pool", help=argparse.SUPPRESS)

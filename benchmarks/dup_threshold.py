@@ -4,7 +4,7 @@ pairs that are copies of each other vs pairs of distinct texts.
 For every held-out prompt of the sample, the K nearest chunks (exact inner product over
 the corpus's embedding shards) are taken, as `select` would retrieve them; every pair of
 candidates is labelled by its texts: ``exact`` (identical), ``near`` (word 3-gram Jaccard
->= tasks.evaluate.NEAR_DUP_JACCARD, i.e. a lightly edited copy or an overlapping chunk of
+>= tasks.evaluation.evaluate.NEAR_DUP_JACCARD, i.e. a lightly edited copy or an overlapping chunk of
 one) or ``distinct``. Prints one JSON line per threshold: the share of copy pairs a filter
 at that threshold catches and the share of distinct pairs it wrongly drops.
 
@@ -30,8 +30,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from sift_ops.embedding import TextEncoder
-    from tasks.evaluate import NEAR_DUP_JACCARD, _shingles
-    from tasks.select import load_queries
+    from tasks.evaluation.evaluate import NEAR_DUP_JACCARD, _shingles
+    from tasks.selection.select import load_queries
 
     corpus = Path(a.workspace) / "corpora" / a.name
     manifest = json.loads((corpus / "manifest.json").read_text())

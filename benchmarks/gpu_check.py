@@ -54,7 +54,7 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
 
 
 def sample_dir(args) -> Path:
-    from tasks.sample import build_sample
+    from tasks.sample.bundled import build_sample
 
     out = Path(args.work) / "sample"
     if not (out / "sample.json").is_file():
@@ -67,7 +67,7 @@ def part_embed(args) -> None:
     import torch
 
     from sift_ops.embedding import TextEncoder
-    from tasks.embed import discover_inputs, read_file_shards
+    from tasks.corpus.embed import discover_inputs, read_file_shards
 
     pile = sample_dir(args) / "pile"
     seqs = []
@@ -113,9 +113,10 @@ def part_lm(args) -> None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from sift_ops.causal_lm import load_causal_lm, resolve_lm_path
+    from sift_ops.causal_lm import load_causal_lm
     from sift_ops.generation import SCORE_KEYS, greedy_scores, prompt_text
-    from tasks.pool import ingest_pool_files, pool_dir
+    from tasks.pool.items import ingest_pool_files, pool_dir
+    from tasks.runtime.models import resolve_lm_path
 
     sample = sample_dir(args)
     parquet = ingest_pool_files(sample / "pool.jsonl",

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--run", action="append", required=True, help="label=report_dir")
     ap.add_argument("--png", required=True)
     a = ap.parse_args()
-    from tasks.eval_plots import grouped_strategy_points
+    from tasks.reporting.eval_plots import grouped_strategy_points
 
     groups: dict[str, dict[str, list[float]]] = {}
     equal: dict[str, dict[str, list[float]]] = {}

@@ -49,6 +49,15 @@ def _setup(workspace: str | None) -> str:
     return os.environ["SIFT_WORKSPACE"]
 
 
+def _params(model: str, options: dict, **renamed):
+    """The verb's options (its ``locals()``, with ``renamed`` ones under the flow's names)
+    as the flow's parameter model of :mod:`flows.params`: validated before any work, with
+    an error naming the option."""
+    from flows import params
+
+    return getattr(params, model).of({**options, **renamed})
+
+
 def _show(result: dict) -> None:
     from rich.console import Console
 
@@ -74,9 +83,8 @@ def sample(
     ws = _setup(workspace)
     from flows.sample import sample_flow
 
-    target = str(out or Path(ws) / "sample")
-    _show(sample_flow(out=target, n_docs=n_docs, n_queries=n_queries, pool_size=pool_size,
-                      seed=seed, redundancy=redundancy))
+    params = _params("SampleParams", locals(), out=str(out or Path(ws) / "sample"))
+    _show(sample_flow(**params.flow_kwargs()))
 
 
 @app.command()
@@ -112,11 +120,8 @@ def embed(
     ws = _setup(workspace)
     from flows.embed import embed_flow
 
-    _show(embed_flow(corpus=corpus, name=name, workspace=ws, model=model,
-                     batch_size=batch_size, token_budget=token_budget, dtype=dtype,
-                     max_tokens=max_tokens, shard_docs=shard_docs, actors=actors,
-                     gpus_per_actor=gpus_per_actor, ray_address=ray_address,
-                     trust_remote_code=trust_remote_code, run_id=run_id))
+    params = _params("EmbedParams", locals())
+    _show(embed_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
 
 
 @app.command()
@@ -156,10 +161,8 @@ def index(
     ws = _setup(workspace)
     from flows.index import index_flow
 
-    _show(index_flow(name=name, workspace=ws, factory=factory, memory_budget=memory_budget,
-                     target_recall=target_recall, recall_k=recall_k, train_size=train_size,
-                     block_vectors=block_vectors, store_dtype=store_dtype, rebuild=rebuild,
-                     ray_address=ray_address, run_id=run_id))
+    params = _params("IndexParams", locals())
+    _show(index_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
 
 
 @app.command("import-embeddings")
@@ -188,10 +191,8 @@ def import_embeddings(
     ws = _setup(workspace)
     from flows.import_embeddings import import_embeddings_flow
 
-    _show(import_embeddings_flow(name=name, source=from_, workspace=ws, id_column=id_column,
-                                 embedding_column=embedding_column, text_column=text_column,
-                                 source_column=source_column, model=model,
-                                 shard_rows=shard_rows, run_id=run_id))
+    params = _params("ImportEmbeddingsParams", locals(), source=from_)
+    _show(import_embeddings_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
 
 
 @app.command()
@@ -235,11 +236,8 @@ def select(
     ws = _setup(workspace)
     from flows.select import select_flow
 
-    _show(select_flow(name=name, queries=queries, query_embeddings=query_embeddings,
-                      workspace=ws, k=k, n=n, lam=lam, strategy=strategy, seed=seed,
-                      min_gain=min_gain, nprobe=nprobe, rerank_factor=rerank_factor,
-                      block=block, ray_address=ray_address, run_id=run_id,
-                      dup_threshold=dup_threshold, alpha=alpha))
+    params = _params("SelectParams", locals())
+    _show(select_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
 
 
 @app.command()
@@ -255,7 +253,7 @@ def demo(
     ws = _setup(workspace)
     from flows.demo import demo_flow
 
-    demo_flow(workspace=ws, k=k, n=n, lam=lam, n_docs=n_docs, n_queries=n_queries)
+    demo_flow(**_params("DemoParams", locals()).flow_kwargs(), workspace=ws)
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -321,13 +319,10 @@ def eval_ttt(
     """
     ws = _setup(workspace)
     from flows.eval_ttt import eval_ttt_flow
+    from flows.params import EvalTTTParams
 
-    _show(eval_ttt_flow(name=name, workspace=ws, sample=sample, n_docs=n_docs, n=n, k=k,
-                        lam=lam, lr=lr, seeds=_ints(seeds), strategies=_names(strategies),
-                        split=split, lm=lm, max_train_tokens=max_train_tokens,
-                        prompt_chars=prompt_chars, continuation_chars=continuation_chars,
-                        threads=threads, run_id=run_id, dup_threshold=dup_threshold,
-                        alpha=alpha))
+    p = EvalTTTParams.of({**locals(), "seeds": _ints(seeds), "strategies": _names(strategies)})
+    _show(eval_ttt_flow(workspace=ws, run_id=run_id, **p.flow_kwargs()))
 
 
 @app.command("eval-budget")
@@ -384,15 +379,11 @@ least_confidence,mean_margin,min_margin,uncertainty_facility_location
     """
     ws = _setup(workspace)
     from flows.eval_budget import eval_budget_flow
+    from flows.params import EvalBudgetParams
 
-    _show(eval_budget_flow(workspace=ws, sample=sample, n_select=n_select, n_test=n_test,
-                           budgets=_floats(budgets), strategies=_names(strategies),
-                           seeds=_ints(seeds), lr=lr, epochs=epochs, batch_size=batch_size,
-                           lam=lam, lm=lm, encoder=encoder,
-                           max_prompt_tokens=max_prompt_tokens,
-                           max_response_tokens=max_response_tokens,
-                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
-                           threads=threads, run_id=run_id))
+    p = EvalBudgetParams.of({**locals(), "budgets": _floats(budgets),
+                             "strategies": _names(strategies), "seeds": _ints(seeds)})
+    _show(eval_budget_flow(workspace=ws, run_id=run_id, **p.flow_kwargs()))
 
 
 @app.command()
@@ -462,13 +453,8 @@ def rank(
     from flows.rank import rank_flow
 
     names = [n for s in (strategy or []) for n in _names(s) or []] or None
-    _show(rank_flow(pool=pool, pool_name=pool_name, budget=budget, unit=unit,
-                    strategies=names, targets=targets, allocation=allocation,
-                    batch_size=batch_size, lm=lm, max_new_tokens=max_new_tokens,
-                    uncertainty_metric=uncertainty_metric, corpus=corpus, encoder=encoder,
-                    strict=strict, seed=seed, knn=knn, lam=lam, gen_batch_size=gen_batch_size,
-                    actors=actors, trust_remote_code=trust_remote_code,
-                    ray_address=ray_address, workspace=ws, run_id=run_id))
+    params = _params("RankParams", locals(), strategies=names)
+    _show(rank_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
 
 
 @app.command()
@@ -502,8 +488,8 @@ def handoff(
     ws = _setup(workspace)
     from flows.handoff import handoff_flow
 
-    _show(handoff_flow(run=run, format=format, out=out, strategy=strategy, force=force,
-                       workspace=ws, to=to, url=url, project=project))
+    params = _params("HandoffParams", locals())
+    _show(handoff_flow(**params.flow_kwargs(), workspace=ws))
 
 
 @app.command()
@@ -523,7 +509,8 @@ def collect(
     ws = _setup(workspace)
     from flows.collect import collect_flow
 
-    _show(collect_flow(run=run, project=project, url=url, workspace=ws))
+    params = _params("CollectParams", locals())
+    _show(collect_flow(**params.flow_kwargs(), workspace=ws))
 
 
 @app.command("curation-run")
@@ -614,8 +601,8 @@ def sql(
 ) -> None:
     """Run a read-only SQL query on the workspace's curation.duckdb and print the rows."""
     # DuckDB only: no Prefect server, no Ray, no torch for a read-only query
-    from tasks import db
-    from tasks.workspace import db_path, workspace_root
+    from tasks.runtime.workspace import db_path, workspace_root
+    from tasks.storage import db
 
     with db.connect(db_path(workspace_root(workspace)), read_only=True) as con:
         cur = con.execute(statement)

@@ -33,9 +33,9 @@ from flows.jobs import (
 )
 from flows.rank import rank_flow
 from flows.sample import sample_flow
-from tasks import artifacts
-from tasks.sample import read_sample
-from tasks.workspace import workspace_root
+from tasks.reporting.curation import curation_artifact
+from tasks.runtime.workspace import workspace_root
+from tasks.sample.bundled import read_sample
 
 _D = CurationJob()  # the defaults, from the one model
 
@@ -114,7 +114,8 @@ def curation_run_flow(
               "annotated": ranked.get("annotated", 0)}
     if collected is not None:
         result["collected"] = {k: v for k, v in collected.items() if k != "projects"}
-    _artifact(job, embedded, indexed, ranked, handed, new, result["annotated"])
+    curation_artifact(job.model_dump(), embedded, indexed, ranked, handed, new,
+                      result["annotated"])
     return result
 
 
@@ -126,31 +127,3 @@ def _bundled_sample(workspace: str) -> dict[str, str]:
     if found is None:
         found = sample_flow(out=str(folder))["paths"]
     return found
-
-
-def _artifact(job: CurationJob, embedded: dict, indexed: dict, ranked: dict, handed: dict,
-              new: dict, annotated: int) -> None:
-    rows = [
-        {"step": "embed", "run": embedded["run_id"], "new": f"{new['shards']} shards",
-         "total": f"{embedded['chunks_total']} chunks"},
-        {"step": "index", "run": indexed["run_id"], "new": f"{new['vectors']} vectors",
-         "total": f"{indexed['n_vectors']} vectors"},
-        {"step": "rank", "run": ranked["run_id"], "new": f"{new['pool_items']} pool items",
-         "total": f"{ranked['items']} items"},
-        {"step": "handoff", "run": ranked["run_id"],
-         "new": (f"{handed['imported']} tasks imported" if job.handoff_to == "label-studio"
-                 else "replaced"),
-         "total": f"{handed['n_items']} items in {handed['n_batches']} "
-                  + ("batch(es)" if job.handoff_to == "label-studio" else "file(s)")},
-    ]
-    artifacts.markdown(
-        "curation-run",
-        f"# Curation run: `{job.corpus_name}` / `{job.pool_name}`\n\n"
-        f"Ranked with {', '.join(job.strategies)} under {job.budget:g} {job.unit}; "
-        f"`{job.handoff_strategy}` handed off to "
-        f"`{handed.get('folder') or handed.get('project_url')}`; {annotated} items "
-        "annotated in Label Studio counted as labelled.\n\n" + artifacts.md_table(rows)
-        + f"\n\nLM scored {new['lm_scored']} items and {new['prompts_embedded']} prompts "
-        "were embedded (the others came from the pool's cache).\n",
-        description="curation run: what was new",
-    )

@@ -1,57 +1,23 @@
-"""Flow: embed a Pile-format corpus into Parquet shards with Ray Data."""
+"""Flow ``embed``: a Pile-format corpus into Parquet embedding shards with Ray Data.
+
+    embed the shards not yet done (read + tokenise in Ray read tasks, encoder actors)
+      -> register the corpus in ``corpora`` -> a Markdown artifact
+
+Tasks: :mod:`tasks.corpus.steps`; parameters: :class:`flows.params.EmbedParams`.
+"""
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
+from prefect import flow
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
+from flows.params import EmbedParams
+from tasks.corpus.embed import EmbedConfig
+from tasks.corpus.steps import embed_artifact, embed_shards, register_corpus
+from tasks.runtime.locks import hold
+from tasks.runtime.workspace import db_path, lock_path
+from tasks.storage.runs import make_run_id, tracked_run
 
-from tasks import artifacts, db
-from tasks.embed import EmbedConfig, run_embedding
-from tasks.locks import hold
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import CorpusPaths, db_path, lock_path
-
-
-@task(name="embed-shards", persist_result=False, cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def embed_shards(corpus: str, workspace: str | None, name: str, cfg: EmbedConfig) -> dict:
-    logger = get_run_logger()
-    paths = CorpusPaths(workspace, name)
-    bar = tqdm(desc=f"embed {name}", unit="shard", file=sys.stderr, dynamic_ncols=True)
-    totals = {"chunks": 0, "bad": 0}
-
-    def progress(row: dict) -> None:
-        totals["chunks"] += row["n_chunks"]
-        totals["bad"] += row["n_bad"]
-        bar.update(1)
-        bar.set_postfix(chunks=totals["chunks"], quarantined=totals["bad"])
-        logger.info(
-            "shard %s: %d docs -> %d chunks in %.1fs (%s lines %d-%d, %d quarantined)",
-            row["shard"], row["n_docs"], row["n_chunks"], row["seconds"], row["file"],
-            row["line_start"], row["line_end"], row["n_bad"],
-        )
-        if row["n_bad"] and totals["bad"] - row["n_bad"] < 20:  # name the first few
-            quarantine = paths.quarantine / f"{row['shard']}.jsonl"
-            for line in quarantine.read_text(encoding="utf-8").splitlines()[:5]:
-                bad = json.loads(line)
-                logger.warning("quarantined %s:%d: %s", bad["file"], bad["line"],
-                               bad["reason"])
-
-    try:
-        summary = run_embedding(corpus, paths, cfg, progress)
-    finally:
-        bar.close()
-    if summary["bad_lines_this_run"]:
-        logger.warning(
-            "%d bad input lines quarantined this run (%d in the corpus); see %s",
-            summary["bad_lines_this_run"], summary["bad_lines_total"], summary["quarantine"],
-        )
-    return summary
+_D = EmbedParams.default
 
 
 @flow(name="embed", log_prints=True)
@@ -59,17 +25,17 @@ def embed_flow(
     corpus: str,
     name: str,
     workspace: str | None = None,
-    model: str | None = None,
-    batch_size: int | None = None,
-    max_tokens: int | None = None,
-    shard_docs: int = 2000,
-    actors: int = 1,
-    gpus_per_actor: float = 0.0,
-    ray_address: str | None = None,
-    trust_remote_code: bool = False,
+    model: str | None = _D("model"),
+    batch_size: int | None = _D("batch_size"),
+    max_tokens: int | None = _D("max_tokens"),
+    shard_docs: int = _D("shard_docs"),
+    actors: int = _D("actors"),
+    gpus_per_actor: float = _D("gpus_per_actor"),
+    ray_address: str | None = _D("ray_address"),
+    trust_remote_code: bool = _D("trust_remote_code"),
     run_id: str | None = None,
-    token_budget: int | None = None,
-    dtype: str | None = None,
+    token_budget: int | None = _D("token_budget"),
+    dtype: str | None = _D("dtype"),
 ) -> dict:
     """Embed ``corpus`` (Pile JSONL[.gz|.zst] or Parquet files, a folder or a glob) into
     ``<workspace>/corpora/<name>``; finished shards are skipped on rerun.
@@ -80,39 +46,14 @@ def embed_flow(
     CPU), at most ``batch_size`` chunks when given; ``dtype`` None/"auto" is float32 on
     CPU and bf16/fp16 on CUDA (kept only if it matches float32 at cosine >= 0.999).
     """
-    cfg = EmbedConfig(model=model, batch_size=batch_size, token_budget=token_budget,
-                      dtype=dtype, max_tokens=max_tokens,
-                      shard_docs=shard_docs, actors=actors, gpus_per_actor=gpus_per_actor,
-                      ray_address=ray_address, trust_remote_code=trust_remote_code)
-    corpus = str(Path(corpus).expanduser().resolve()) if Path(corpus).exists() else corpus
-    params = {"corpus": corpus, "name": name, "model": model, "max_tokens": max_tokens,
-              "shard_docs": shard_docs}
-    rid = make_run_id("embed", params, run_id)
-    dbf = db_path(workspace)
+    p = EmbedParams.of(locals())
+    cfg = EmbedConfig(**p.model_dump(exclude={"corpus", "name"}))
+    rid = make_run_id("embed", p.run_key(), run_id)
     with hold(lock_path(workspace, "corpus", name), f"corpus {name!r}"), \
-            tracked_run(dbf, rid, "embed", params) as rec:
-        summary = embed_shards(corpus, workspace, name, cfg)
-        paths = CorpusPaths(workspace, name)
-        manifest = paths.load_manifest()
-        db.upsert_corpus(dbf, name, str(paths.root), manifest["model"], manifest["dim"],
-                         manifest["n_chunks"], manifest["created_at"])
+            tracked_run(db_path(workspace), rid, "embed", p.run_key()) as rec:
+        summary = embed_shards(p.corpus, workspace, name, cfg)
+        manifest = register_corpus(workspace, name)
         new_shards = summary.pop("new_shards")
         rec.summary = summary
-    artifacts.markdown(
-        f"embed-{name}",
-        f"# Embedded corpus `{name}`\n\n"
-        f"- model: `{manifest['model']}` ({manifest['dim']}-d, mean pooling, L2-normalised, "
-        f"max {manifest['max_tokens']} tokens per chunk)\n"
-        f"- shards: {summary['shards_total']} ({summary['shards_written']} written, "
-        f"{summary['shards_skipped']} already done)\n"
-        f"- documents: {summary['docs_total']}, chunks: {summary['chunks_total']}\n"
-        f"- quarantined lines: {summary['bad_lines_total']} (see `{summary['quarantine']}`)\n"
-        f"- this run: {summary['chunks_written']} chunks in {summary['seconds']:.1f} s "
-        f"({summary['chunks_per_s']:.1f} chunks/s)\n\n"
-        + artifacts.md_table([
-            {k: s[k] for k in ("shard", "n_docs", "n_chunks", "n_bad", "seconds")}
-            for s in new_shards[:50]
-        ]),
-        description=f"embedding run {rid}",
-    )
+    embed_artifact(rid, name, manifest, summary, new_shards)
     return {"run_id": rid, **summary}

@@ -4,13 +4,13 @@ For each seed the sample's instruction pool is split at random into a selection 
 (``n_select`` items) and a test set (``n_test`` items). Each strategy of
 :mod:`sift_ops.pool_strategies` orders the selection pool once, without looking at any
 label: the diversity strategies from the prompts' embeddings, the uncertainty strategies
-(opt-in, see :data:`BUDGET_STRATEGIES`) from the base LM's greedy answer to every prompt
-of the selection pools, scored once per run with :func:`sift_ops.generation.greedy_scores`
-(the scorer of the `rank` flow's LM stage). A budget of ``f`` keeps the first
-``ceil(f * n_select)`` items. Those items are "annotated" by joining the
-sample's reference responses (pool_references.jsonl), the LM is fine-tuned on them (Adam,
-``epochs`` passes, responses only in the loss), and the mean loss in nats per response
-token on the test set is measured; the weights are restored before the next
+(opt-in, see :class:`flows.params.EvalBudgetParams`) from the base LM's greedy answer to
+every prompt of the selection pools, scored once per run with
+:func:`sift_ops.generation.greedy_scores` (the scorer of the `rank` flow's LM stage). A
+budget of ``f`` keeps the first ``ceil(f * n_select)`` items. Those items are "annotated"
+by joining the sample's reference responses (pool_references.jsonl), the LM is fine-tuned
+on them (Adam, ``epochs`` passes, responses only in the loss), and the mean loss in nats
+per response token on the test set is measured; the weights are restored before the next
 (strategy, budget). Training sees the chosen items in a seed-fixed order that does not
 depend on the strategy, so two strategies that choose the same set at a budget get the
 same result, which is computed once. At 100 % every strategy has the whole pool: all share
@@ -26,462 +26,83 @@ pool was scored; strategy 'base' at budget 0 is the model before fine-tuning), a
 loss vs budget, ``reports/<run_id>/pool_uncertainty.jsonl`` (the per-item scores, when
 computed), and a Markdown artifact that names the budget at which each strategy first
 reaches random-at-100 %'s mean loss.
+
+The tasks are in tasks/evaluation/budget.py; the parameters are
+:class:`flows.params.EvalBudgetParams`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
+from prefect import flow
 
-from sift_ops.generation import SCORE_KEYS
-from sift_ops.pool_strategies import LM_STRATEGIES, STRATEGIES, needs_lm
-from sift_ops.uncertainty import UNCERTAINTY_KEYS
-from tasks import artifacts, db
-from tasks import evaluate as ev
-from tasks.eval_plots import budget_curves
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import db_path, reports_dir, workspace_root
+from flows.params import EvalBudgetParams
+from tasks.evaluation import budget
+from tasks.evaluation import evaluate as ev
+from tasks.runtime.workspace import db_path, reports_dir, workspace_root
+from tasks.storage.runs import make_run_id, tracked_run
 
-#: Default strategies. The uncertainty strategies (sift_ops.pool_strategies.LM_STRATEGIES)
-#: are opt-in via ``strategies``: each adds as much fine-tuning as a diversity strategy
-#: (~40 % more per strategy at the defaults), and the first one adds the LM scoring of
-#: every selection-pool prompt; all ten strategies at the defaults take hours on 2 CPU
-#: cores (measured run in README "Results").
-BUDGET_STRATEGIES = ("random", "k_center", "facility_location", "sift")
-DEFAULTS = {"n_select": 120, "n_test": 40, "budgets": (0.05, 0.1, 0.25, 0.5, 1.0),
-            "seeds": (0, 1, 2), "lr": 1e-4, "epochs": 1, "batch_size": 8, "lam": 0.1,
-            "max_prompt_tokens": 128, "max_response_tokens": 64, "max_new_tokens": 64,
-            "gen_batch_size": 16}
-
-
-@task(name="embed-pool-prompts", persist_result=False, cache_policy=NO_CACHE)
-def embed_prompts(prompts: list[str], encoder: str | None) -> np.ndarray:
-    from sift_ops.embedding import TextEncoder
-
-    return TextEncoder(encoder).encode(prompts)
-
-
-@task(name="score-pool-uncertainty", persist_result=False, cache_policy=NO_CACHE)
-def score_uncertainty(lm: str | None, cache_dir: str, prompts: list[str], *,
-                      max_new_tokens: int, gen_batch_size: int, threads: int | None
-                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Uncertainty of the base LM's greedy answer to each of ``prompts``.
-
-    Returns ``[len(prompts)]`` arrays keyed by :data:`sift_ops.generation.SCORE_KEYS`
-    (the five uncertainty metrics, NaN for an empty answer; ``gen_tokens``,
-    ``prompt_tokens``) and stats (items, seconds, items/s). Prompts go through
-    :func:`sift_ops.generation.greedy_scores` in length-sorted chunks so a progress bar
-    can follow; the scores do not depend on the chunking beyond float rounding.
-    """
-    import torch
-
-    from sift_ops.causal_lm import load_causal_lm
-    from sift_ops.generation import greedy_scores
-
-    logger = get_run_logger()
-    if threads:
-        torch.set_num_threads(threads)
-    model, tok = load_causal_lm(lm, cache_dir=cache_dir)
-    n = len(prompts)
-    out = {k: np.full(n, np.nan) for k in SCORE_KEYS}
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    step = 4 * gen_batch_size
-    bar = tqdm(total=n, desc="LM uncertainty", unit="item", file=sys.stderr,
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    try:
-        for s in range(0, n, step):
-            rows = order[s:s + step]
-            part = greedy_scores(model, tok, [prompts[i] for i in rows],
-                                 max_new_tokens=max_new_tokens, batch_size=gen_batch_size)
-            for k in SCORE_KEYS:
-                out[k][rows] = part[k]
-            bar.update(len(rows))
-    finally:
-        bar.close()
-    secs = time.perf_counter() - t0
-    stats = {"items": n, "seconds": round(secs, 1), "items_per_s": n / secs if secs else 0.0,
-             "max_new_tokens": max_new_tokens,
-             "mean_gen_tokens": float(np.mean(out["gen_tokens"])) if n else 0.0}
-    logger.info("LM uncertainty of %d pool prompts in %.1f s (%.2f items/s, max %d new "
-                "tokens, %.1f on average)", n, secs, stats["items_per_s"], max_new_tokens,
-                stats["mean_gen_tokens"])
-    return out, stats
-
-
-@task(name="rank-pool", persist_result=False, cache_policy=NO_CACHE)
-def rank(strategy: str, emb: np.ndarray, targets: np.ndarray, n: int, seed: int,
-         lam: float, scores: dict[str, np.ndarray] | None) -> list[int]:
-    return ev.rank_pool(strategy, emb, targets, n, seed=seed, lam=lam, scores=scores)
-
-
-def _result_key(seed: int, test: list[str], train: list[str], setup: dict[str, Any]) -> str:
-    """Content key of one fine-tune + test loss: the seed, the test and training item ids
-    (order-free) and everything else that shapes the result (``setup``)."""
-    blob = json.dumps([seed, sorted(test), sorted(train), setup], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _read_results(path: Path | None) -> dict[str, dict[str, Any]]:
-    """Results of earlier attempts from ``path`` (JSON lines with ``key``); a torn last
-    line (the process died mid-write) is ignored."""
-    out: dict[str, dict[str, Any]] = {}
-    if path is None or not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        out[r["key"]] = r
-    return out
-
-
-@task(name="finetune-on-budgets", persist_result=False, cache_policy=NO_CACHE)
-def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair],
-                        plan: dict[int, dict[str, Any]], *, lr: float, epochs: int,
-                        batch_size: int, max_prompt_tokens: int, max_response_tokens: int,
-                        threads: int | None, results_file: Path | None = None
-                        ) -> list[dict[str, Any]]:
-    """Run every (seed, strategy, budget) fine-tune + test loss. ``plan[seed]`` holds
-    ``test`` (pool indices) and ``sets`` {(strategy, fraction): pool indices}.
-
-    Training does not depend on which strategy chose a set (canonical order, seed-only
-    shuffle, weights restored in between), so each result is keyed by its content
-    (:func:`_result_key`) and computed once: a set two strategies both chose, or one a
-    killed earlier attempt of the run already finished (read from and appended to
-    ``results_file``, one JSON line per result), is reused; such rows have ``reused``
-    'same set' or 'earlier attempt' (else None). ``seconds`` is the time of the
-    computation, wherever it happened."""
-    import torch
-
-    from sift_ops import finetune as ft
-    from sift_ops.causal_lm import load_causal_lm
-
-    if threads:
-        torch.set_num_threads(threads)
-    model, tok = load_causal_lm(lm, cache_dir=cache_dir)
-    base = ft.snapshot(model)
-    pad = tok.pad_token_id
-    setup = {"lm": lm, "lr": lr, "epochs": epochs, "batch_size": batch_size,
-             "max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens}
-    results = _read_results(results_file)
-    earlier = set(results)
-    enc = {i: ft.encode_pair(tok, pairs[i].prompt, pairs[i].response,
-                             max_prompt_tokens=max_prompt_tokens,
-                             max_response_tokens=max_response_tokens)
-           for p in plan.values() for i in [*p["test"], *{j for s in p["sets"].values()
-                                                           for j in s}]}
-    n_train = sum(len(s) for p in plan.values() for s in p["sets"].values()) * epochs
-    n_eval = sum((len(p["sets"]) + 1) * len(p["test"]) for p in plan.values())
-    bar = tqdm(total=n_train + n_eval, desc="sft + test loss", unit="example",
-               file=sys.stderr, dynamic_ncols=True)
-    out = open(results_file, "a", encoding="utf-8") if results_file else None  # noqa: SIM115
-    rows: list[dict[str, Any]] = []
-    try:
-        for seed, p in plan.items():
-            test_ids = [pairs[i].item_id for i in p["test"]]
-            test = [enc[i] for i in p["test"]]
-            for (strategy, frac), items in [(("base", 0.0), []), *p["sets"].items()]:
-                key = _result_key(seed, test_ids, [pairs[i].item_id for i in items], setup)
-                row = {"seed": seed, "strategy": strategy, "budget": frac,
-                       "items": len(items)}
-                if key in results:
-                    r = results[key]
-                    rows.append({**row, **{k: r[k] for k in ("steps", "test_loss",
-                                                             "test_tokens", "seconds")},
-                                 "reused": "earlier attempt" if key in earlier
-                                 else "same set"})
-                    bar.update(len(items) * epochs + len(test))
-                    continue
-                t0 = time.perf_counter()
-                # canonical order, then a seed-only shuffle inside sft_train: the same set
-                # of items trains the same way whichever strategy chose it
-                train = [enc[i] for i in sorted(items)]
-                gen = torch.Generator().manual_seed(1000 + seed)
-                try:
-                    losses = ft.sft_train(model, train, pad, lr=lr, epochs=epochs,
-                                          batch_size=batch_size, generator=gen,
-                                          progress=bar.update)
-                    nll, count = ft.pairs_nll(model, test, pad, progress=bar.update)
-                finally:
-                    ft.restore(model, base)
-                res = {"key": key, "steps": len(losses), "test_loss": nll / count,
-                       "test_tokens": count, "seconds": round(time.perf_counter() - t0, 2)}
-                results[key] = res
-                if out is not None:
-                    out.write(json.dumps(res) + "\n")
-                    out.flush()
-                rows.append({**row, **{k: v for k, v in res.items() if k != "key"},
-                             "reused": None})
-                bar.set_postfix({"seed": seed, strategy: f"{frac:g}:{nll / count:.3f}"})
-        if not ft.same_weights(model, base):
-            raise RuntimeError("model weights differ from the base after the evaluation")
-    finally:
-        bar.close()
-        if out is not None:
-            out.close()
-    return rows
-
-
-def reach_budget(curves: dict[str, dict[float, list[float]]], reference: float
-                 ) -> dict[str, float | None]:
-    """Smallest budget whose mean loss over seeds is <= ``reference`` (None: never)."""
-    out: dict[str, float | None] = {}
-    for s, by_b in curves.items():
-        hit = [b for b in sorted(by_b) if float(np.mean(by_b[b])) <= reference + 1e-12]
-        out[s] = hit[0] if hit else None
-    return out
-
-
-def _read_scores(path: Path, item_ids: list[str], scorer: dict[str, Any]
-                 ) -> dict[str, np.ndarray] | None:
-    """Scores of ``item_ids`` (in that order) from an earlier attempt's ``path``, or None
-    unless every item is there, scored with the same ``scorer`` settings."""
-    if not path.is_file():
-        return None
-    by_id: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            return None
-        by_id[r["item_id"]] = r
-    if any(i not in by_id or by_id[i].get("scorer") != scorer for i in item_ids):
-        return None
-    return {k: np.array([by_id[i][k] for i in item_ids], dtype=np.float64)
-            for k in SCORE_KEYS}
-
-
-def _write_scores(path: Path, pairs: list[ev.PoolPair], scores: dict[str, np.ndarray],
-                  scorer: dict[str, Any]) -> None:
-    """One JSON line per scored item (item_id, source, :data:`SCORE_KEYS`, scorer
-    settings), written to a temp file and renamed (never half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for j, p in enumerate(pairs):
-            fh.write(json.dumps({"item_id": p.item_id, "source": p.source,
-                                 **{k: float(scores[k][j]) for k in SCORE_KEYS},
-                                 "scorer": scorer}) + "\n")
-    tmp.replace(path)
-
-
-def _panels(strategies: list[str]) -> dict[str, list[str]] | None:
-    """Plot panels: random + diversity strategies | random + uncertainty strategies
-    (None, one panel, when only one kind was run)."""
-    lm = [s for s in strategies if s in LM_STRATEGIES]
-    other = [s for s in strategies if s not in LM_STRATEGIES and s != "random"]
-    if not lm or not other:
-        return None
-    return {"diversity (prompt embeddings)": ["random", *other],
-            "LM uncertainty of the base model's answer": ["random", *lm]}
+_D = EvalBudgetParams.default
 
 
 @flow(name="eval-budget", log_prints=True)
 def eval_budget_flow(
     workspace: str | None = None,
-    sample: str | None = None,
-    n_select: int = DEFAULTS["n_select"],
-    n_test: int = DEFAULTS["n_test"],
+    sample: str | None = _D("sample"),
+    n_select: int = _D("n_select"),
+    n_test: int = _D("n_test"),
     budgets: list[float] | None = None,
     strategies: list[str] | None = None,
     seeds: list[int] | None = None,
-    lr: float = DEFAULTS["lr"],
-    epochs: int = DEFAULTS["epochs"],
-    batch_size: int = DEFAULTS["batch_size"],
-    lam: float = DEFAULTS["lam"],
-    lm: str | None = None,
-    encoder: str | None = None,
-    max_prompt_tokens: int = DEFAULTS["max_prompt_tokens"],
-    max_response_tokens: int = DEFAULTS["max_response_tokens"],
-    max_new_tokens: int = DEFAULTS["max_new_tokens"],
-    gen_batch_size: int = DEFAULTS["gen_batch_size"],
-    threads: int | None = None,
+    lr: float = _D("lr"),
+    epochs: int = _D("epochs"),
+    batch_size: int = _D("batch_size"),
+    lam: float = _D("lam"),
+    lm: str | None = _D("lm"),
+    encoder: str | None = _D("encoder"),
+    max_prompt_tokens: int = _D("max_prompt_tokens"),
+    max_response_tokens: int = _D("max_response_tokens"),
+    max_new_tokens: int = _D("max_new_tokens"),
+    gen_batch_size: int = _D("gen_batch_size"),
+    threads: int | None = _D("threads"),
     run_id: str | None = None,
 ) -> dict[str, Any]:
     """Label-efficiency evaluation on the sample's pool (see the module docstring).
 
     ``max_new_tokens`` / ``gen_batch_size`` only matter when a strategy needs LM
     uncertainty scores (the greedy answer's length cap in tokens, prompts per
-    ``generate`` call).
+    ``generate`` call). The parameters are :class:`flows.params.EvalBudgetParams` (a list
+    left None: its default).
     """
-    logger = get_run_logger()
-    budgets = sorted(float(b) for b in (budgets or DEFAULTS["budgets"]))
-    if budgets[-1] != 1.0:
-        budgets.append(1.0)  # the reference, random at 100 %, is always measured
-    if budgets[0] <= 0 or budgets[-1] > 1:
-        raise ValueError(f"budgets are fractions in (0, 1] (got {budgets})")
-    strategies = list(dict.fromkeys(strategies or BUDGET_STRATEGIES))
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad:
-        raise ValueError(f"unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
-    if "random" not in strategies:
-        strategies.insert(0, "random")
-    seeds = list(seeds if seeds is not None else DEFAULTS["seeds"])
-    if n_select < 2 or n_test < 1 or lr <= 0 or epochs < 1 or not seeds:
-        raise ValueError("need n_select >= 2, n_test >= 1, lr > 0, epochs >= 1, some seeds")
-    use_lm = needs_lm(strategies)
-    if use_lm and (max_new_tokens < 1 or gen_batch_size < 1):
-        raise ValueError("need max_new_tokens >= 1 and gen_batch_size >= 1")
+    p = EvalBudgetParams.of(locals())
     ws = str(workspace_root(workspace))
-    sample_dir = Path(sample or Path(ws) / "sample").expanduser().resolve()
-    pool_file, refs_file = sample_dir / "pool.jsonl", sample_dir / "pool_references.jsonl"
-    if not pool_file.is_file() or not refs_file.is_file():
-        raise FileNotFoundError(f"{sample_dir} lacks pool.jsonl / pool_references.jsonl: "
-                                "pass --sample, a folder `sift-curate sample` wrote")
-    params = {"sample": str(sample_dir), "n_select": n_select, "n_test": n_test,
-              "budgets": budgets, "strategies": strategies, "seeds": seeds, "lr": lr,
-              "epochs": epochs, "batch_size": batch_size, "lam": lam, "lm": lm,
-              "encoder": encoder, "max_prompt_tokens": max_prompt_tokens,
-              "max_response_tokens": max_response_tokens}
-    if use_lm:  # run ids of runs without LM strategies do not depend on these
-        params |= {"max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size}
-    rid = make_run_id("eval-budget", params, run_id)
-    dbf = db_path(ws)
-    models = str(Path(ws) / "models")
-    out_dir = reports_dir(ws, rid)
-    # checkpoints of an unfinished attempt (a rerun of the run resumes from them); removed
-    # once the run completes, so a later rerun computes everything again
-    partial = out_dir / "partial"
-    partial.mkdir(exist_ok=True)
+    p = p.in_workspace(ws)
+    pool_file, refs_file = budget.pool_files(p.sample)
+    rid = make_run_id("eval-budget", p.run_key(), run_id)
+    dbf, models, out_dir = db_path(ws), str(Path(ws) / "models"), reports_dir(ws, rid)
+    partial = budget.checkpoints(out_dir)
     t_start = time.perf_counter()
-    with tracked_run(dbf, rid, "eval-budget", params) as rec:
+    with tracked_run(dbf, rid, "eval-budget", p.run_key()) as rec:
         pairs = ev.load_pool_pairs(pool_file, refs_file)
-        splits = {seed: ev.split_pool(pairs, n_select, n_test, seed) for seed in seeds}
-        # embed only the items some seed uses (the pool may be far larger than a run)
-        used = sorted({i for sel, test in splits.values() for i in [*sel, *test]})
-        used_emb = embed_prompts([pairs[i].prompt for i in used], encoder)
-        emb = np.zeros((len(pairs), used_emb.shape[1]), dtype=np.float32)
-        emb[used] = used_emb
-        # LM uncertainty once per run, for every item some seed may select (test items
-        # are never ranked); [n_pool] arrays, NaN where not scored
-        scores: dict[str, np.ndarray] = {}
-        lm_stats: dict[str, Any] = {}
-        if use_lm:
-            selectable = sorted({i for sel, _ in splits.values() for i in sel})
-            scores_file = partial / "pool_uncertainty.jsonl"
-            scorer = {"lm": lm, "max_new_tokens": max_new_tokens,
-                      "gen_batch_size": gen_batch_size}
-            part = _read_scores(scores_file, [pairs[i].item_id for i in selectable], scorer)
-            if part is None:
-                part, lm_stats = score_uncertainty(
-                    lm, models, [pairs[i].prompt for i in selectable],
-                    max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
-                    threads=threads)
-                _write_scores(scores_file, [pairs[i] for i in selectable], part, scorer)
-            else:
-                lm_stats = {"items": len(selectable), "reused": str(scores_file)}
-                logger.info("LM uncertainty of %d pool prompts reused from %s (an earlier "
-                            "attempt of this run)", len(selectable), scores_file)
-            for k in SCORE_KEYS:
-                scores[k] = np.full(len(pairs), np.nan)
-                scores[k][selectable] = part[k]
-        plan: dict[int, dict[str, Any]] = {}
-        for seed in seeds:
-            sel_idx, test_idx = splits[seed]
-            sizes = ev.budget_sizes(n_select, budgets)
-            seed_scores = ({k: scores[k][sel_idx] for k in UNCERTAINTY_KEYS}
-                           if use_lm else None)
-            sets: dict[tuple[str, float], list[int]] = {}
-            for strategy in strategies:
-                order = rank(strategy, emb[sel_idx], emb[test_idx], n_select, seed, lam,
-                             seed_scores)
-                for frac, size in zip(budgets, sizes, strict=True):
-                    if frac == 1.0 and strategy != "random":
-                        continue  # identical to random at 100 % (same set, same order)
-                    sets[(strategy, frac)] = [sel_idx[j] for j in order[:size]]
-            plan[seed] = {"test": test_idx, "sets": sets}
-        rows = finetune_on_budgets(lm, models, pairs, plan, lr=lr,
-                                   epochs=epochs, batch_size=batch_size,
-                                   max_prompt_tokens=max_prompt_tokens,
-                                   max_response_tokens=max_response_tokens, threads=threads,
-                                   results_file=partial / "finetune_results.jsonl")
-        # every strategy's 100 % point is the shared random-at-100 % run
-        for r in [r for r in rows if r["strategy"] == "random" and r["budget"] == 1.0]:
-            rows += [{**r, "strategy": s} for s in strategies if s != "random"]
-        metrics = [("test_loss", "test_loss"), ("train_items", "items"),
-                   ("train_steps", "steps")]
-        if use_lm:  # do the uncertainty strategies pick what the LM is unsure about?
-            for r in rows:
-                if r["strategy"] != "base":
-                    key = ("random" if r["budget"] == 1.0 else r["strategy"], r["budget"])
-                    r["selected_mean_entropy"] = float(np.nanmean(
-                        scores["mean_entropy"][plan[r["seed"]]["sets"][key]]))
-            metrics.append(("selected_mean_entropy", "selected_mean_entropy"))
-        records = [{"strategy": r["strategy"], "budget": r["budget"], "seed": r["seed"],
-                    "metric": m, "value": r[v]}
-                   for r in rows for m, v in metrics if v in r]
-        db.replace_run_rows(dbf, "evaluations", rid, ev.evaluation_rows(rid, "budget",
-                                                                        records))
-        curves: dict[str, dict[float, list[float]]] = {}
-        for r in rows:
-            if r["strategy"] != "base":
-                curves.setdefault(r["strategy"], {}).setdefault(r["budget"], []).append(
-                    r["test_loss"])
-        reference = float(np.mean(curves["random"][1.0]))
-        base_loss = float(np.mean([r["test_loss"] for r in rows if r["strategy"] == "base"]))
-        reached = reach_budget(curves, reference)
-        table = []
-        for s, by_b in curves.items():
-            row: dict[str, Any] = {"strategy": s}
-            for b in budgets:
-                m, sd = ev.mean_std(by_b[b])
-                row[f"{b:.0%}"] = f"{m:.4f} +- {sd:.4f}"
-            row["reaches random@100%"] = f"{reached[s]:.0%}" if reached[s] else "never"
-            table.append(row)
-        # fine-tuning seconds per strategy: its own computations (not the sets another
-        # strategy chose first, not the shared 100 % run), in this or an earlier attempt
-        own = [r for r in rows if r["reused"] != "same set"
-               and not (r["strategy"] != "random" and r["budget"] == 1.0)]
-        seconds = {s: round(sum(r["seconds"] for r in own if r["strategy"] == s), 1)
-                   for s in ["base", *strategies]}
-        rec.summary = {"table": table, "reference_loss": reference, "base_loss": base_loss,
-                       "reached": reached, "finetune_seconds": seconds,
-                       "results_computed": sum(r["reused"] is None for r in rows),
-                       "results_reused": {k: sum(r["reused"] == k for r in rows)
-                                          for k in ("same set", "earlier attempt")},
-                       "lm_scoring": lm_stats,
+        splits = {seed: ev.split_pool(pairs, p.n_select, p.n_test, seed) for seed in p.seeds}
+        emb = budget.embed_pool_prompts(pairs, splits, p.encoder)
+        scores, lm_stats = budget.pool_uncertainty(
+            pairs, splits, partial, strategies=p.strategies, lm=p.lm, cache_dir=models,
+            max_new_tokens=p.max_new_tokens, gen_batch_size=p.gen_batch_size,
+            threads=p.threads)
+        plan = budget.plan_sets(splits, emb, scores, strategies=p.strategies,
+                                budgets=p.budgets, n_select=p.n_select, lam=p.lam)
+        rows = budget.finetune_on_budgets(
+            p.lm, models, pairs, plan, lr=p.lr, epochs=p.epochs, batch_size=p.batch_size,
+            max_prompt_tokens=p.max_prompt_tokens, max_response_tokens=p.max_response_tokens,
+            threads=p.threads, results_file=partial / "finetune_results.jsonl")
+        curves, summary = budget.store_results(dbf, rid, rows, plan, scores,
+                                               strategies=p.strategies, budgets=p.budgets)
+        rec.summary = {**summary, "lm_scoring": lm_stats,
                        "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    plot = budget_curves(
-        curves, out_dir / "budget_loss.png",
-        f"Label efficiency: pool {n_select}, test {n_test}, {len(seeds)} seeds, "
-        f"lr={lr:g}, {epochs} epoch(s)", "test loss (nats per response token)",
-        reference=reference, base=base_loss, panels=_panels(strategies))
-    logger.info("eval-budget %s: reference %.4f, base %.4f, reached %s; plot %s", rid,
-                reference, base_loss, reached, plot)
-    if "seconds" in lm_stats:
-        lm_line = (f"LM uncertainty of {lm_stats['items']} selection-pool prompts (greedy "
-                   f"answers of at most {max_new_tokens} tokens) in {lm_stats['seconds']} "
-                   f"s, {lm_stats['items_per_s']:.2f} items/s.\n\n")
-    elif lm_stats:  # resumed: the scores came from an earlier attempt's checkpoint
-        lm_line = (f"LM uncertainty of {lm_stats['items']} selection-pool prompts reused "
-                   "from an earlier attempt of this run.\n\n")
-    else:
-        lm_line = ""
-    artifacts.markdown(
-        "eval-budget",
-        f"# Label efficiency `{rid}`\n\nSelection pool {n_select} items, test {n_test} "
-        f"items, seeds {seeds}; Adam lr={lr}, {epochs} epoch(s), batch {batch_size}.\n\n"
-        + lm_line +
-        f"Test loss (nats per response token, mean +- std over seeds). Base model "
-        f"{base_loss:.4f}; random at 100 % {reference:.4f}.\n\n" +
-        artifacts.md_table(table) + f"\n\nPlot: `{plot}`\n\n```sql\nSELECT strategy, budget, "
-        f"avg(value), stddev_samp(value) FROM evaluations WHERE run_id = '{rid}' AND "
-        f"metric = 'test_loss' GROUP BY ALL ORDER BY strategy, budget;\n```",
-        description=f"eval-budget run {rid}",
-    )
-    # the checkpoints go last: a failure anywhere above leaves them for a rerun to resume
-    if use_lm:
-        (partial / "pool_uncertainty.jsonl").replace(out_dir / "pool_uncertainty.jsonl")
-    shutil.rmtree(partial)
+    plot = budget.report(rid, out_dir, curves, summary, lm_stats, p.run_key())
+    budget.clear_checkpoints(out_dir)
     return {"run_id": rid, "plot": str(plot), **rec.summary}

@@ -1,59 +1,22 @@
-"""Flow: register precomputed embeddings (Parquet) as a corpus ("bring your own embeddings")."""
+"""Flow ``import-embeddings``: precomputed embeddings (Parquet) registered as a corpus
+("bring your own embeddings").
+
+    read + check + shard the vectors -> register the corpus in ``corpora`` -> an artifact
+
+Tasks: :mod:`tasks.corpus.steps`; parameters: :class:`flows.params.ImportEmbeddingsParams`.
+"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from prefect import flow
 
-import pyarrow.parquet as pq
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
+from flows.params import ImportEmbeddingsParams
+from tasks.corpus.steps import import_artifact, import_vectors, register_corpus
+from tasks.runtime.locks import hold
+from tasks.runtime.workspace import db_path, lock_path
+from tasks.storage.runs import make_run_id, tracked_run
 
-from tasks import artifacts, db
-from tasks.import_embeddings import discover_embedding_files, import_embeddings
-from tasks.locks import hold
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import CorpusPaths, db_path, lock_path
-
-
-def _total_rows(files: list[Path]) -> int | None:
-    """Rows in all input files from their footers (None when one cannot be read: the
-    import itself then reports that file)."""
-    try:
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    except Exception:
-        return None
-
-
-@task(name="import-embeddings", persist_result=False, cache_policy=NO_CACHE,
-      **TRANSIENT_RETRIES)
-def import_vectors(source: str, workspace: str | None, name: str, id_column: str,
-                   embedding_column: str, text_column: str | None,
-                   source_column: str | None, model: str | None, shard_rows: int) -> dict:
-    logger = get_run_logger()
-    paths = CorpusPaths(workspace, name)
-    files = discover_embedding_files(source)
-    logger.info("importing %d Parquet file(s) from %s into corpus %r", len(files), source, name)
-    bar = tqdm(desc=f"import {name}", unit="row", unit_scale=True, total=_total_rows(files),
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        summary = import_embeddings(
-            paths, source, id_column=id_column, embedding_column=embedding_column,
-            text_column=text_column, source_column=source_column, model=model,
-            shard_rows=shard_rows, progress=bar.update,
-        )
-    finally:
-        bar.close()
-    logger.info("corpus %s: %d of %d rows imported (%d-d) into %d shards in %.1f s; "
-                "%d normalised", name, summary["rows_imported"], summary["rows_read"],
-                summary["dim"], summary["shards"], summary["seconds"], summary["n_normalised"])
-    if summary["n_quarantined"]:
-        reasons = ", ".join(f"{k}: {v}" for k, v in summary["quarantine_reasons"].items() if v)
-        logger.warning("%d rows quarantined (%s); see %s", summary["n_quarantined"], reasons,
-                       summary["quarantine"])
-    return summary
+_D = ImportEmbeddingsParams.default
 
 
 @flow(name="import-embeddings", log_prints=True)
@@ -61,12 +24,12 @@ def import_embeddings_flow(
     name: str,
     source: str,
     workspace: str | None = None,
-    id_column: str = "doc_id",
-    embedding_column: str = "embedding",
-    text_column: str | None = "text",
-    source_column: str | None = "source",
-    model: str | None = None,
-    shard_rows: int = 100_000,
+    id_column: str = _D("id_column"),
+    embedding_column: str = _D("embedding_column"),
+    text_column: str | None = _D("text_column"),
+    source_column: str | None = _D("source_column"),
+    model: str | None = _D("model"),
+    shard_rows: int = _D("shard_rows"),
     run_id: str | None = None,
 ) -> dict:
     """Import precomputed embeddings from ``source`` (a Parquet file, a folder or a glob)
@@ -76,37 +39,13 @@ def import_embeddings_flow(
     corpus an earlier import made, never one made by ``embed``. ``model``: the encoder
     folder that made the vectors (for text prompts later), None for "external".
     """
-    source = str(Path(source).expanduser().resolve()) if Path(source).exists() else source
-    params = {"name": name, "source": source, "id_column": id_column,
-              "embedding_column": embedding_column, "text_column": text_column,
-              "source_column": source_column, "model": model, "shard_rows": shard_rows}
-    rid = make_run_id("import-embeddings", params, run_id)
-    dbf = db_path(workspace)
+    p = ImportEmbeddingsParams.of(locals())
+    rid = make_run_id("import-embeddings", p.run_key(), run_id)
     with hold(lock_path(workspace, "corpus", name), f"corpus {name!r}"), \
-            tracked_run(dbf, rid, "import-embeddings", params) as rec:
-        summary = import_vectors(source, workspace, name, id_column, embedding_column,
-                                 text_column, source_column, model, shard_rows)
-        paths = CorpusPaths(workspace, name)
-        manifest = paths.load_manifest()
-        db.upsert_corpus(dbf, name, str(paths.root), manifest["model"], manifest["dim"],
-                         manifest["n_chunks"], manifest["created_at"])
+            tracked_run(db_path(workspace), rid, "import-embeddings", p.run_key()) as rec:
+        summary = import_vectors(p.source, workspace, name, p.id_column, p.embedding_column,
+                                 p.text_column, p.source_column, p.model, p.shard_rows)
+        manifest = register_corpus(workspace, name)
         rec.summary = {k: v for k, v in summary.items() if k != "source_files"}
-    reasons = ", ".join(f"{k} {v}" for k, v in summary["quarantine_reasons"].items() if v)
-    artifacts.markdown(
-        f"import-embeddings-{name}",
-        f"# Imported corpus `{name}`\n\n"
-        f"- source: `{source}` ({summary['files']} file(s))\n"
-        f"- model: `{manifest['model']}` ({manifest['dim']}-d, stored L2-normalised)\n"
-        f"- rows: {summary['rows_imported']} imported of {summary['rows_read']} read, "
-        f"in {summary['shards']} shards\n"
-        f"- quarantined: {summary['n_quarantined']}"
-        + (f" ({reasons}; see `{summary['quarantine']}`)" if reasons else "") + "\n"
-        f"- normalised (norm off by more than 1e-3): {summary['n_normalised']}\n"
-        f"- {summary['seconds']:.1f} s\n\n"
-        + artifacts.md_table([
-            {k: s[k] for k in ("shard", "input_file", "n_lines", "n_rows", "n_bad")}
-            for s in manifest["shards"][:50]
-        ]),
-        description=f"import run {rid}",
-    )
+    import_artifact(rid, name, p.source, manifest, summary)
     return {"run_id": rid, **summary}

@@ -23,7 +23,6 @@ workspace on its first run, so a scheduled run with no parameters works out of t
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic import model_validator as _model_validator
 
+from flows.params import explain
 from sift_ops.budget import ALLOCATIONS
 from sift_ops.pool_strategies import STRATEGIES
 
@@ -49,7 +49,7 @@ Unit = Literal["items", "tokens"]
 Allocation = Literal[ALLOCATIONS]  # type: ignore[valid-type]
 HandoffFormat = Literal["labelstudio", "jsonl", "csv"]
 HandoffTo = Literal["files", "label-studio"]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as tasks.workspace.check_name
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as tasks.runtime.workspace.check_name
 
 
 class ConfigError(ValueError):
@@ -178,29 +178,6 @@ def default_jobs(cron: str | None = NIGHTLY_CRON) -> list[JobSpec]:
                     schedule=Schedule(cron=cron) if cron else None)]
 
 
-def _where(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
-def _explain(err: ValidationError, prefix: str, known: list[str]) -> list[str]:
-    lines = []
-    for e in err.errors():
-        loc = _where(e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if not e["loc"]:  # a rule across keys: the message names them
-            lines.append(f"{prefix.rstrip(': ')}: {msg}")  # noqa: B005 (a set of chars)
-            continue
-        if e["type"] == "extra_forbidden":
-            key = str(e["loc"][-1])
-            close = difflib.get_close_matches(key, known, n=1)
-            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else
-                                   f"; known keys: {', '.join(known)}")
-        elif "input" in e and e["type"] not in ("missing",):
-            msg += f" (got {e['input']!r})"
-        lines.append(f"{prefix}{loc}: {msg}")
-    return lines
-
-
 def validate_job(params: dict[str, Any], where: str = "parameters") -> CurationJob:
     """``params`` as a :class:`CurationJob`, or :class:`ConfigError` naming each bad key."""
     try:
@@ -208,7 +185,7 @@ def validate_job(params: dict[str, Any], where: str = "parameters") -> CurationJ
     except ValidationError as err:
         known = list(CurationJob.model_fields)
         raise ConfigError("invalid curation job:\n  " + "\n  ".join(
-            _explain(err, f"{where}: ", known))) from None
+            explain(err, f"{where}: ", known))) from None
 
 
 def _schedule(raw: Any, where: str) -> Schedule | None:
@@ -217,7 +194,7 @@ def _schedule(raw: Any, where: str) -> Schedule | None:
     try:
         return Schedule.model_validate({"cron": raw} if isinstance(raw, str) else raw)
     except ValidationError as err:
-        raise ConfigError("\n  ".join(_explain(err, f"{where}.schedule: ",
+        raise ConfigError("\n  ".join(explain(err, f"{where}.schedule: ",
                                              list(Schedule.model_fields)))) from None
 
 

@@ -1,200 +1,41 @@
 """Flow ``rank``: choose which instructions of an unlabeled pool to annotate.
 
-    ingest (validate, quarantine, dedupe; pool_items)            tasks.pool
+    ingest (validate, quarantine, dedupe; pool_items)
       -> LM uncertainty, only if a strategy / the allocation / a token budget needs it
-         (Ray Data actor stage: greedy answers, item_scores)     tasks.lm_scoring
-      -> prompt embeddings, only for diversity strategies         tasks.lm_scoring
-      -> per strategy: budget allocation per source, selection,   sift_ops.pool_strategies
-         annotation batches (selections, budgets)
-      -> plots + a markdown artifact
+      -> prompt embeddings, only for diversity strategies (and SIFT's targets)
+      -> per strategy: budget allocation per source, selection, annotation batches
+      -> item_scores, selections, budgets rows; plots; a Markdown artifact
+
+The tasks are in :mod:`tasks.pool.steps`; the parameters are :class:`flows.params.RankParams`.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import Any
+from prefect import flow
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
-
-from sift_ops.budget import item_costs
-from sift_ops.generation import SCORE_KEYS
-from sift_ops.pool_strategies import STRATEGIES, needs_embeddings, needs_lm, rank_items
+from flows.params import RankParams
+from sift_ops.pool_strategies import needs_embeddings, needs_lm
 from sift_ops.uncertainty import UNCERTAINTY_KEYS
-from tasks import artifacts, db
-from tasks.annotations import annotated_items
-from tasks.lm_scoring import embed_pool, score_pool
-from tasks.pool import (
-    IngestResult,
-    count_new_items,
-    ingest_pool_files,
-    pool_dir,
-    read_item_columns,
-    read_targets,
-    store_pool,
+from tasks.pool.steps import (
+    aligned_embeddings,
+    aligned_scores,
+    embed_pool_prompts,
+    embed_targets,
+    encoder_for,
+    ingest_pool,
+    load_pool_state,
+    pool_costs,
+    rank_artifact,
+    rank_plots,
+    rank_summary,
+    score_pool_uncertainty,
+    select_for_annotation,
+    write_rank_rows,
 )
-from tasks.pool_cache import cache_path, cached_compute, model_fingerprint
-from tasks.rank_plots import budget_bars, score_distributions, selection_map
-from tasks.runs import make_run_id, tracked_run
-from tasks.workspace import CorpusPaths, check_name, db_path, reports_dir, workspace_root
+from tasks.runtime.workspace import check_name, db_path
+from tasks.storage.runs import make_run_id, tracked_run
 
-UNITS = ("items", "tokens")
-DEFAULT_STRATEGIES = ("random", "mean_entropy", "k_center", "facility_location")
-
-
-@task(name="ingest-pool", persist_result=False, cache_policy=NO_CACHE)
-def ingest_pool(pool: str, pool_name: str, workspace: str | None, run_id: str,
-                strict: bool) -> IngestResult:
-    """Stream the pool into ``<workspace>/pools/<pool_name>/items.parquet`` (and
-    quarantine.parquet), then load both into DuckDB from those files: bounded memory
-    whatever the pool's size (see :func:`tasks.pool.ingest_pool_files`)."""
-    logger = get_run_logger()
-    p = ingest_pool_files(pool, pool_dir(workspace, pool_name), strict=strict)
-    p.n_new = count_new_items(db_path(workspace), pool_name, p.items_path)
-    store_pool(db_path(workspace), run_id, pool_name, p)
-    logger.info("pool %s: %d rows in %d file(s) -> %d items (%d new since the last rank, "
-                "%d already labelled), %d exact duplicates collapsed, %d rows quarantined",
-                pool_name, p.n_rows, len(p.files), p.n_items, p.n_new, p.n_labeled,
-                p.n_duplicates, p.n_quarantined)
-    for q in p.examples:
-        logger.warning("quarantined %s:%d: %s", q["file"], q["line"], q["reason"])
-    if p.n_quarantined > len(p.examples):
-        logger.warning("... %d more quarantined rows: SELECT * FROM quarantine WHERE run_id = "
-                       "'%s'", p.n_quarantined - len(p.examples), run_id)
-    if p.n_items - p.n_labeled == 0:
-        raise ValueError(f"pool {pool!r} has no unlabelled items to rank "
-                         f"({p.n_quarantined} rows quarantined, {p.n_labeled} labelled)")
-    return p
-
-
-@task(name="score-uncertainty", persist_result=False, cache_policy=NO_CACHE)
-def score_uncertainty(parquet: str, pool_name: str, lm: str | None, workspace: str | None,
-                      max_new_tokens: int, gen_batch_size: int, actors: int,
-                      trust_remote_code: bool, ray_address: str | None
-                      ) -> tuple[pa.Table, dict]:
-    """LM uncertainty of every unlabelled item: from the pool's cache where the same item
-    was scored by the same LM before, with the Ray LM stage for the others."""
-    from sift_ops.causal_lm import resolve_lm_path
-
-    logger = get_run_logger()
-    # resolve (and, the first time, convert a GGUF) on the driver, once
-    lm_path = resolve_lm_path(lm, workspace_root(workspace) / "models",
-                              trust_remote_code=trust_remote_code)
-    key = {**model_fingerprint(lm_path), "max_new_tokens": max_new_tokens}
-    stats: dict[str, Any] = {"rows": 0, "seconds": 0.0, "items_per_s": 0.0}
-
-    def compute(todo: str, n: int) -> pa.Table:
-        bar = tqdm(total=n, desc="LM uncertainty", unit="item", file=sys.stderr,
-                   dynamic_ncols=True)
-        try:
-            table, st = score_pool(todo, lm_path, max_new_tokens=max_new_tokens,
-                                   gen_batch_size=gen_batch_size, actors=actors,
-                                   progress=bar.update, ray_address=ray_address)
-        finally:
-            bar.close()
-        stats.update(st)
-        return table
-
-    table, n_new = cached_compute(parquet, cache_path(pool_dir(workspace, pool_name), "lm",
-                                                      key), compute, unlabeled_only=True)
-    stats.update(lm=lm_path, scored=n_new, cached=table.num_rows - n_new)
-    if n_new:
-        logger.info("LM %s: scored %d new items in %.1f s (%.2f items/s, max %d new tokens); "
-                    "%d from the cache", lm_path, stats["rows"], stats["seconds"],
-                    stats["items_per_s"], max_new_tokens, stats["cached"])
-    else:
-        logger.info("LM %s: all %d items' scores from the cache", lm_path, table.num_rows)
-    return table, stats
-
-
-@task(name="embed-prompts", persist_result=False, cache_policy=NO_CACHE)
-def embed_prompts(parquet: str, pool_name: str, workspace: str | None, model: str | None,
-                  max_tokens: int | None, ray_address: str | None) -> tuple[pa.Table, dict]:
-    """Prompt embeddings of every item (labelled ones too), cached per pool like the LM
-    scores."""
-    logger = get_run_logger()
-    key = {**model_fingerprint(model), "max_tokens": max_tokens}
-    stats: dict[str, Any] = {"rows": 0, "seconds": 0.0, "rows_per_s": 0.0}
-
-    def compute(todo: str, n: int) -> pa.Table:
-        bar = tqdm(total=n, desc="embed prompts", unit="item", file=sys.stderr,
-                   dynamic_ncols=True)
-        try:
-            table, st = embed_pool(todo, model, max_tokens, progress=bar.update,
-                                   ray_address=ray_address)
-        finally:
-            bar.close()
-        stats.update(st)
-        return table
-
-    table, n_new = cached_compute(parquet, cache_path(pool_dir(workspace, pool_name),
-                                                      "embedding", key), compute,
-                                  unlabeled_only=False)
-    stats.update(embedded=n_new, cached=table.num_rows - n_new)
-    logger.info("embedded %d new prompts in %.1f s (%.1f items/s); %d from the cache",
-                n_new, stats["seconds"], stats["rows_per_s"], stats["cached"])
-    return table, stats
-
-
-def _align(ids: pa.Array, table: pa.Table) -> np.ndarray:
-    """Row of ``table`` for each item id (-1 where missing)."""
-    pos = pc.index_in(ids, value_set=table.column("item_id")).to_numpy(zero_copy_only=False)
-    return np.where(np.isnan(pos.astype(float)), -1, pos).astype(np.int64)
-
-
-def _encoder_for(corpus: str | None, encoder: str | None, workspace: str | None
-                 ) -> tuple[str | None, int | None]:
-    """The corpus's encoder (so pool and corpus share an embedding space), else --encoder,
-    else the bundled default."""
-    if corpus:
-        manifest = CorpusPaths(workspace, corpus).load_manifest()
-        return manifest["model"], manifest.get("max_tokens")
-    return encoder, None
-
-
-@task(name="select-for-annotation", persist_result=False, cache_policy=NO_CACHE)
-def select_all(strategies: list[str], emb, scores, costs, groups, labeled, budget: float,
-               allocation: str, targets, uncertainty_metric: str, batch_size: int | None,
-               seed: int, knn: int, lam: float) -> dict[str, Any]:
-    import time
-
-    logger = get_run_logger()
-    out = {}
-    for s in tqdm(strategies, desc="strategies", file=sys.stderr, dynamic_ncols=True):
-        t0 = time.perf_counter()
-        r = rank_items(s, emb, scores, costs, groups, budget, allocation=allocation,
-                       labeled=labeled, targets=targets, uncertainty_metric=uncertainty_metric,
-                       batch_size=batch_size, seed=seed, knn=knn, lam=lam)
-        secs = time.perf_counter() - t0
-        out[s] = (r, secs)
-        logger.info("%s: %d items, spent %.0f of %.0f (%s) in %.2f s", s, len(r.index),
-                    r.spent.sum(), r.allocated.sum(), allocation, secs)
-    return out
-
-
-def _score_rows(rid: str, pool_name: str, item_ids: list[str], scores: dict[str, np.ndarray],
-                unlabeled: np.ndarray) -> pa.Table:
-    """Long rows for item_scores: one per (unlabelled item, metric) with a finite value."""
-    ids, metrics, values = [], [], []
-    id_arr = np.asarray(item_ids, dtype=object)
-    for k, v in scores.items():
-        ok = unlabeled & np.isfinite(v)
-        ids.append(id_arr[ok])
-        metrics.append(np.full(int(ok.sum()), k, dtype=object))
-        values.append(v[ok])
-    n = sum(len(x) for x in ids)
-    return pa.table({
-        "run_id": pa.array([rid] * n, pa.string()),
-        "pool_name": pa.array([pool_name] * n, pa.string()),
-        "item_id": pa.array(np.concatenate(ids) if ids else [], pa.string()),
-        "metric": pa.array(np.concatenate(metrics) if metrics else [], pa.string()),
-        "value": pa.array(np.concatenate(values) if values else [], pa.float64()),
-    })
+_D = RankParams.default
 
 
 @flow(name="rank", log_prints=True)
@@ -202,209 +43,60 @@ def rank_flow(
     pool: str,
     pool_name: str,
     budget: float,
-    unit: str = "items",
+    unit: str = _D("unit"),
     strategies: list[str] | None = None,
-    targets: str | None = None,
-    allocation: str = "proportional",
-    batch_size: int | None = None,
-    lm: str | None = None,
-    max_new_tokens: int = 64,
-    uncertainty_metric: str = "mean_entropy",
-    corpus: str | None = None,
-    encoder: str | None = None,
-    strict: bool = False,
-    seed: int = 0,
-    knn: int = 64,
-    lam: float = 0.1,
-    gen_batch_size: int = 16,
-    actors: int = 1,
-    trust_remote_code: bool = False,
-    ray_address: str | None = None,
+    targets: str | None = _D("targets"),
+    allocation: str = _D("allocation"),
+    batch_size: int | None = _D("batch_size"),
+    lm: str | None = _D("lm"),
+    max_new_tokens: int = _D("max_new_tokens"),
+    uncertainty_metric: str = _D("uncertainty_metric"),
+    corpus: str | None = _D("corpus"),
+    encoder: str | None = _D("encoder"),
+    strict: bool = _D("strict"),
+    seed: int = _D("seed"),
+    knn: int = _D("knn"),
+    lam: float = _D("lam"),
+    gen_batch_size: int = _D("gen_batch_size"),
+    actors: int = _D("actors"),
+    trust_remote_code: bool = _D("trust_remote_code"),
+    ray_address: str | None = _D("ray_address"),
     workspace: str | None = None,
     run_id: str | None = None,
 ) -> dict:
     """Rank the unlabeled pool ``pool`` (JSONL/Parquet/CSV) with each strategy under
     ``budget`` (``unit`` items or tokens), write pool_items, item_scores, selections,
     budgets and quarantine rows, plots and an artifact.  See ``sift-curate rank --help``."""
-    logger = get_run_logger()
-    strategies = list(dict.fromkeys(strategies or DEFAULT_STRATEGIES))
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad:
-        raise ValueError(f"unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
-    if unit not in UNITS:
-        raise ValueError(f"--unit must be items or tokens, got {unit!r}")
-    if not budget > 0:  # also catches NaN
-        raise ValueError(f"--budget must be > 0, got {budget}: nothing would be selected")
-    if uncertainty_metric not in UNCERTAINTY_KEYS:
-        raise ValueError(f"unknown uncertainty metric {uncertainty_metric!r}")
-    check_name(pool_name, "pool name")
-    pool = str(Path(pool).expanduser().resolve()) if Path(pool).exists() else pool
-    targets = str(Path(targets).expanduser().resolve()) if targets else None
-    params = {"pool": pool, "pool_name": pool_name, "budget": budget, "unit": unit,
-              "strategies": strategies, "targets": targets, "allocation": allocation,
-              "batch_size": batch_size, "lm": lm, "max_new_tokens": max_new_tokens,
-              "uncertainty_metric": uncertainty_metric, "corpus": corpus, "encoder": encoder,
-              "seed": seed, "knn": knn, "lam": lam}
-    rid = make_run_id("rank", params, run_id)
-    dbf = db_path(workspace)
-    with tracked_run(dbf, rid, "rank", params) as rec:
-        p = ingest_pool(pool, pool_name, workspace, rid, strict)
-        parquet = str(p.items_path)
-        # only the small columns: the texts stay on disk for the Ray stages to stream
-        items = read_item_columns(parquet)
-        n = items.num_rows
-        labeled = items.column("labeled").to_numpy(zero_copy_only=False).astype(bool)
-        # annotations collected from Label Studio make their items labelled too: never
-        # selected again, and already-chosen context for the diversity strategies and SIFT
-        annotated = annotated_items(dbf, pool_name)
-        n_annotated = 0
-        if annotated:
-            ann = pc.is_in(items.column("item_id"),
-                           value_set=pa.array(annotated, pa.string())).to_numpy(
-                               zero_copy_only=False).astype(bool)
-            n_annotated = int((ann & ~labeled).sum())
-            labeled = labeled | ann
-            logger.info("%d items of pool %s annotated in Label Studio (collected) count as "
-                        "labelled", n_annotated, pool_name)
-            if labeled.all():
-                raise ValueError(f"pool {pool!r} has no unlabelled items left to rank "
-                                 f"({n_annotated} annotated, {p.n_labeled} labelled)")
-        unlabeled = ~labeled
-        groups = np.asarray(items.column("source").to_pylist(), dtype=object)
-        given_cost = items.column("cost").to_numpy(zero_copy_only=False).astype(np.float64)
-        all_costed = bool(np.isfinite(given_cost[unlabeled]).all())
-        use_lm = needs_lm(strategies, allocation) or (unit == "tokens" and not all_costed)
-
-        scores: dict[str, np.ndarray] = {}
-        lm_stats: dict[str, Any] = {}
-        if use_lm:
-            table, lm_stats = score_uncertainty(parquet, pool_name, lm, workspace,
-                                                max_new_tokens, gen_batch_size, actors,
-                                                trust_remote_code, ray_address)
-            pos = _align(items.column("item_id"), table)
-            for k in SCORE_KEYS:
-                col = table.column(k).to_numpy(zero_copy_only=False)
-                scores[k] = np.where(pos >= 0, col[np.maximum(pos, 0)], np.nan)
-        if unit == "tokens":
-            # labelled items were not scored (never selected): cost 0, not validated
-            costs = np.zeros(n)
-            costs[unlabeled] = item_costs(
-                scores.get("prompt_tokens", np.zeros(n))[unlabeled],
-                scores.get("gen_tokens", np.zeros(n))[unlabeled], given=given_cost[unlabeled])
-        else:
-            costs = np.ones(n)
-        scores["cost"] = costs
-
-        emb = None
-        target_emb = None
-        emb_stats: dict[str, Any] = {}
-        enc_model, enc_max = _encoder_for(corpus, encoder, workspace)
-        if needs_embeddings(strategies):
-            table, emb_stats = embed_prompts(parquet, pool_name, workspace, enc_model,
-                                             enc_max, ray_address)
-            pos = _align(items.column("item_id"), table)
-            values = pc.list_flatten(table.column("embedding")).to_numpy()
-            emb = values.astype(np.float32).reshape(table.num_rows, -1)[pos]
-            if targets and ("sift" in strategies or "nn-f" in strategies):
-                from sift_ops.embedding import TextEncoder
-
-                texts = read_targets(targets)
-                target_emb = TextEncoder(enc_model, max_tokens=enc_max).encode(texts)
-                logger.info("SIFT toward %d target prompts from %s", len(texts), targets)
-
-        results = select_all(strategies, emb, {k: scores[k] for k in UNCERTAINTY_KEYS
-                                               if k in scores},
-                             costs, groups, labeled, budget, allocation, target_emb,
-                             uncertainty_metric, batch_size, seed, knn, lam)
-
-        item_ids = items.column("item_id").to_pylist()
-        id_arr = np.asarray(item_ids, dtype=object)
-        sel_parts, bud_rows, timings = [], [], {}
-        for s, (r, secs) in results.items():
-            timings[s] = secs
-            k = len(r.index)
-            sel_parts.append(pa.table({
-                "run_id": pa.array([rid] * k, pa.string()),
-                "pool_name": pa.array([pool_name] * k, pa.string()),
-                "item_id": pa.array(id_arr[r.index], pa.string()),
-                "rank": pa.array(r.rank, pa.int32()),
-                "strategy": pa.array([s] * k, pa.string()),
-                "score": pa.array(r.score, pa.float64()),
-                "batch": pa.array(r.batch, pa.int32()),
-                "grp": pa.array(np.asarray(r.group_names, dtype=object)[r.group]
-                                if k else [], pa.string()),
-                "cost": pa.array(r.cost, pa.float64()),
-            }))
-            for g in r.group_table():
-                bud_rows.append({"run_id": rid, "pool_name": pool_name, "strategy": s,
-                                 "grp": g["grp"], "unit": unit, "total": float(budget),
-                                 "allocated": g["allocated"], "spent": g["spent"],
-                                 "n_items": g["n_items"], "n_selected": g["n_selected"]})
-        db.replace_run_rows(dbf, "item_scores", rid,
-                            _score_rows(rid, pool_name, item_ids, scores, unlabeled))
-        db.replace_run_rows(dbf, "selections", rid, pa.concat_tables(sel_parts))
-        db.replace_run_rows(dbf, "budgets", rid, pa.Table.from_pylist(bud_rows))
-
-        rep = reports_dir(workspace, rid)
-        plots = {}
-        lm_scores = {k: scores[k][unlabeled] for k in (*UNCERTAINTY_KEYS, "gen_tokens")
-                     if k in scores}
-        if lm_scores:
-            plots["scores"] = str(score_distributions(
-                lm_scores, rep / "score_distributions.png",
-                f"{pool_name}: greedy-answer uncertainty ({int(unlabeled.sum())} items)"))
-        if emb is not None:
-            plots["map"] = str(selection_map(
-                emb, groups.astype(str), {s: r.index for s, (r, _) in results.items()},
-                rep / "selection_map.png", f"{pool_name}: pool (PCA) and selections"))
-        plots["budget"] = str(budget_bars(bud_rows, rep / "budget_per_group.png",
-                                          f"{pool_name}: budget {budget:g} {unit}, "
-                                          f"{allocation} allocation", unit))
-        rec.summary = {
-            "pool_rows": p.n_rows, "items": n, "new_items": p.n_new,
-            "labeled": int(labeled.sum()), "annotated": n_annotated,
-            "lm_scored": lm_stats.get("scored", 0), "lm_cached": lm_stats.get("cached", 0),
-            "prompts_embedded": emb_stats.get("embedded", 0),
-            "duplicates": p.n_duplicates, "quarantined": p.n_quarantined,
-            "strategies": strategies,
-            "selected": {s: int(len(r.index)) for s, (r, _) in results.items()},
-            "spent": {s: float(r.spent.sum()) for s, (r, _) in results.items()},
-            "selection_seconds": timings,
-            "lm_items_per_s": lm_stats.get("items_per_s"),
-            "lm_seconds": lm_stats.get("seconds"),
-            "embed_items_per_s": emb_stats.get("rows_per_s"),
-        }
-    summary = rec.summary
-    _artifact(rid, pool_name, budget, unit, allocation, summary, bud_rows, plots, lm_stats)
-    return {"run_id": rid, "plots": plots, **summary}
-
-
-def _artifact(rid: str, pool_name: str, budget: float, unit: str, allocation: str,
-              summary: dict, bud_rows: list[dict], plots: dict, lm_stats: dict) -> None:
-    per_strategy = [{"strategy": s, "selected": summary["selected"][s],
-                     "spent": summary["spent"][s],
-                     "seconds": round(summary["selection_seconds"][s], 3)}
-                    for s in summary["strategies"]]
-    lm_line = (f"- LM scoring: {lm_stats['scored']} new items in {lm_stats['seconds']:.1f} s "
-               f"(**{lm_stats['items_per_s']:.2f} items/s**), {lm_stats['cached']} from the "
-               f"pool's cache, `{lm_stats['lm']}`\n"
-               if lm_stats else "- LM scoring: not needed by these strategies\n")
-    artifacts.markdown(
-        f"rank-{pool_name}",
-        f"# Annotation ranking `{rid}`\n\n"
-        f"Pool `{pool_name}`: {summary['pool_rows']} rows -> {summary['items']} items "
-        f"(**{summary['new_items']} new** since the last rank, {summary['labeled']} already "
-        f"labelled of which {summary['annotated']} annotated in Label Studio, "
-        f"{summary['duplicates']} duplicates "
-        f"collapsed, **{summary['quarantined']} quarantined**).\n\n"
-        f"Budget **{budget:g} {unit}**, {allocation} allocation across sources.\n\n"
-        + lm_line + "\n"
-        + artifacts.md_table(per_strategy) + "\n\n### Budget per group\n\n"
-        + artifacts.md_table([{k: r[k] for k in ("strategy", "grp", "n_items", "allocated",
-                                                 "spent", "n_selected")} for r in bud_rows])
-        + "\n\nPlots:\n\n" + "\n".join(f"- `{v}`" for v in plots.values())
-        + f"\n\n```sql\nSELECT * FROM selected_for_annotation WHERE run_id = '{rid}' "
-        "ORDER BY strategy, rank;\nSELECT * FROM budget_summary "
-        f"WHERE run_id = '{rid}';\n```",
-        description=f"rank run {rid}",
-    )
+    p = RankParams.of(locals())
+    check_name(p.pool_name, "pool name")
+    rid = make_run_id("rank", p.run_key(), run_id)
+    with tracked_run(db_path(workspace), rid, "rank", p.run_key()) as rec:
+        ingested = ingest_pool(p.pool, p.pool_name, workspace, rid, p.strict)
+        state = load_pool_state(ingested, p.pool, p.pool_name, workspace)
+        lm_table, lm_stats = None, {}
+        if needs_lm(p.strategies, p.allocation) or state.needs_lm_costs(p.unit):
+            lm_table, lm_stats = score_pool_uncertainty(
+                state.parquet, p.pool_name, p.lm, workspace, p.max_new_tokens,
+                p.gen_batch_size, p.actors, p.trust_remote_code, p.ray_address)
+        scores = aligned_scores(state, lm_table)
+        scores["cost"] = costs = pool_costs(state, scores, p.unit)
+        emb, target_emb, emb_stats = None, None, {}
+        if needs_embeddings(p.strategies):
+            model, max_tokens = encoder_for(p.corpus, p.encoder, workspace)
+            table, emb_stats = embed_pool_prompts(state.parquet, p.pool_name, workspace,
+                                                  model, max_tokens, p.ray_address)
+            emb = aligned_embeddings(state, table)
+            if p.targets and ("sift" in p.strategies or "nn-f" in p.strategies):
+                target_emb = embed_targets(p.targets, model, max_tokens)
+        results = select_for_annotation(
+            p.strategies, emb, {k: scores[k] for k in UNCERTAINTY_KEYS if k in scores},
+            costs, state.groups, state.labeled, p.budget, p.allocation, target_emb,
+            p.uncertainty_metric, p.batch_size, p.seed, p.knn, p.lam)
+        bud_rows = write_rank_rows(workspace, rid, p.pool_name, state, scores, results,
+                                   p.budget, p.unit)
+        plots = rank_plots(workspace, rid, p.pool_name, state, scores, emb, results,
+                           bud_rows, p.budget, p.unit, p.allocation)
+        rec.summary = rank_summary(state, p.strategies, results, lm_stats, emb_stats)
+    rank_artifact(rid, p.pool_name, p.budget, p.unit, p.allocation, rec.summary, bud_rows,
+                  plots, lm_stats)
+    return {"run_id": rid, "plots": plots, **rec.summary}

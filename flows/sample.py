@@ -1,22 +1,24 @@
-"""Flow: build the bundled mini-Pile, held-out prompts and instruction pool."""
+"""Flow ``sample``: build the bundled mini-Pile, held-out prompts and instruction pool.
+
+Task: :mod:`tasks.sample.steps`; parameters: :class:`flows.params.SampleParams`.
+"""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
-from tasks import artifacts
-from tasks.sample import build_sample
+from flows.params import SampleParams
+from tasks.sample.steps import build_bundled_sample
+
+_D = SampleParams.default
 
 
 @flow(name="sample", log_prints=True)
-def sample_flow(out: str, n_docs: int | None = None, n_queries: int = 64,
-                pool_size: int = 1200, seed: int = 0, redundancy: float = 0.0) -> dict:
+def sample_flow(out: str, n_docs: int | None = _D("n_docs"), n_queries: int = _D("n_queries"),
+                pool_size: int = _D("pool_size"), seed: int = _D("seed"),
+                redundancy: float = _D("redundancy")) -> dict:
     """Write the sample (Pile-format .jsonl.zst, queries.jsonl, pool.jsonl, references);
-    ``redundancy`` R makes a share R of the corpus documents recur (tasks/sample.py)."""
-    summary = build_sample(out, n_docs=n_docs, n_queries=n_queries, pool_size=pool_size,
-                           seed=seed, redundancy=redundancy)
-    get_run_logger().info("sample written to %s in %.1fs", summary["out"],
-                          summary.get("build_seconds", 0.0))
-    artifacts.markdown("sample", "# Bundled sample\n\n```json\n"
-                       + __import__("json").dumps(summary, indent=2, default=str) + "\n```")
-    return summary
+    ``redundancy`` R makes a share R of the corpus documents recur (tasks/sample/bundled.py)."""
+    p = SampleParams.of(locals())
+    return build_bundled_sample(p.out, p.n_docs, p.n_queries, p.pool_size, p.seed,
+                                p.redundancy)

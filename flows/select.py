@@ -1,155 +1,43 @@
-"""Flow: test-time data selection (SIFT, Adaptive SIFT, nearest neighbours, NN-F or random)
-for a prompt file."""
+"""Flow ``select``: test-time data selection (SIFT, Adaptive SIFT, nearest neighbours, NN-F
+or random) for a prompt file.
+
+    prompts in blocks -> search actors (K exact candidates each) -> pick N per prompt
+      -> test_time_selections rows -> posterior-variance plot and artifact
+
+Tasks: :mod:`tasks.selection.steps`; parameters: :class:`flows.params.SelectParams`.
+"""
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
+from prefect import flow, get_run_logger
 
-import numpy as np
-import pyarrow.parquet as pq
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
+from flows.params import SelectParams
+from tasks.runtime.workspace import CorpusPaths, db_path, reports_dir
+from tasks.selection.steps import retrieve_and_select, selection_report, write_selections
+from tasks.storage.runs import make_run_id, tracked_run
 
-from tasks import artifacts, db
-from tasks.plots import variance_curves
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.runs import make_run_id, tracked_run
-from tasks.search_service import SearchService
-from tasks.select import (
-    DEFAULT_ALPHA,
-    DEFAULT_DUP_THRESHOLD,
-    check_selection_args,
-    iter_query_blocks,
-    select_block,
-    selection_rows,
-    strategy_params,
-)
-from tasks.workspace import CorpusPaths, db_path, reports_dir
-
-
-@task(name="retrieve-and-select", persist_result=False, cache_policy=NO_CACHE,
-      **TRANSIENT_RETRIES)
-def retrieve_and_select(workspace: str | None, name: str, rows_dir: str, run_id: str,
-                        queries: str | None, query_embeddings: str | None, k: int, n: int,
-                        lam: float, strategy: str, seed: int, min_gain: float | None,
-                        nprobe: int | None, rerank_factor: int | None, block: int,
-                        ray_address: str | None,
-                        dup_threshold: float = DEFAULT_DUP_THRESHOLD,
-                        alpha: float = DEFAULT_ALPHA) -> dict:
-    """Stream the prompts through the search service in blocks; each block's rows go to
-    ``rows_dir/part-NNNNN.parquet`` (so memory is bounded by the block)."""
-    import torch
-
-    logger = get_run_logger()
-    paths = CorpusPaths(workspace, name)
-    manifest = paths.load_manifest()
-    out = Path(rows_dir)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(seed)
-    if query_embeddings:
-        from tasks.query_embeddings import count_query_embeddings, iter_query_embeddings
-
-        meta_dim = int(manifest["dim"])
-        total = count_query_embeddings(query_embeddings)
-        blocks = iter_query_embeddings(query_embeddings, meta_dim, block=block)
-    else:
-        encoder = _encoder(manifest)
-        total = None
-        blocks = ((q.ids, encoder.encode(q.texts)) for q in iter_query_blocks(queries, block))
-    stats = {"prompts": 0, "rows": 0, "prior": 0.0, "final": 0.0, "distinct": 0.0,
-             "similarity": 0.0, "n_similarity": 0, "picks": 0}
-    bar = tqdm(total=total, desc=f"select {strategy}", unit="prompt", file=sys.stderr,
-               dynamic_ncols=True)
-    with SearchService(paths, nprobe=nprobe, rerank_factor=rerank_factor,
-                       ray_address=ray_address) as service:
-        logger.info("search service for %s: %s", name, service.settings())
-        for i, (ids, emb) in enumerate(blocks):
-            res = select_block(service, emb, k=k, n=n, lam=lam, strategy=strategy,
-                               generator=gen, min_gain=min_gain,
-                               dup_threshold=dup_threshold, alpha=alpha)
-            rows = selection_rows(run_id, strategy, ids, res)
-            pq.write_table(rows, out / f"part-{i:05d}.parquet")
-            picks = res["picks"]
-            stats["prompts"] += len(ids)
-            stats["rows"] += rows.num_rows
-            stats["prior"] += float(res["prior"].sum())
-            stats["final"] += float(res["variances"][:, -1].sum())
-            stats["distinct"] += float(sum(len(set(r[r >= 0].tolist())) for r in picks))
-            sim = res["similarity"][np.isfinite(res["similarity"])]
-            stats["similarity"] += float(sim.sum())
-            stats["n_similarity"] += int(sim.size)
-            stats["picks"] += int((picks >= 0).sum())
-            bar.update(len(ids))
-        settings = service.settings()
-    bar.close()
-    p = max(stats["prompts"], 1)
-    return {"prompts": stats["prompts"], "rows": stats["rows"],
-            "mean_prior_variance": stats["prior"] / p,
-            "mean_final_variance": stats["final"] / p,
-            "mean_distinct_picks": stats["distinct"] / p,
-            "mean_picks": stats["picks"] / p,
-            "mean_similarity": stats["similarity"] / max(stats["n_similarity"], 1),
-            **{f"search_{k}": v for k, v in settings.items()}}
-
-
-def _encoder(manifest: dict):
-    from sift_ops.embedding import TextEncoder
-
-    model = manifest.get("model")
-    if not model or model == "external" or (manifest.get("origin") == "import"
-                                            and not Path(str(model)).is_dir()):
-        raise ValueError(
-            f"corpus {manifest.get('name')!r} was imported without an encoder (model "
-            f"{model!r}): pass prompts already embedded with --query-embeddings, or import "
-            "with --model pointing at the encoder folder"
-        )
-    return TextEncoder(model, max_tokens=manifest.get("max_tokens"))
-
-
-def comparable_curves(dbf, name: str, queries: str, k: int, n: int, lam: float) -> dict:
-    """Mean posterior variance per rank for the latest run of each strategy on the same
-    corpus, prompt file, K, N and lam (so a plot can put them side by side)."""
-    rows = db.query(dbf, """
-        WITH latest AS (
-            SELECT run_id, params->>'strategy' AS strategy,
-                   row_number() OVER (PARTITION BY params->>'strategy'
-                                      ORDER BY finished_at DESC) AS r
-            FROM runs
-            WHERE flow = 'select' AND status = 'completed' AND params->>'name' = ?
-              AND params->>'queries' = ? AND (params->>'k')::INT = ?
-              AND (params->>'n')::INT = ? AND abs((params->>'lam')::DOUBLE - ?) < 1e-12)
-        SELECT l.strategy, t.rank, avg(t.posterior_variance)
-        FROM latest l JOIN test_time_selections t USING (run_id)
-        WHERE l.r = 1 GROUP BY ALL ORDER BY 1, 2""", [name, queries, k, n, lam])
-    curves: dict[str, list[float]] = {}
-    for strategy, _rank, mean in rows:
-        curves.setdefault(strategy, []).append(mean)
-    return {s: np.array(v) for s, v in curves.items()}
+_D = SelectParams.default
 
 
 @flow(name="select", log_prints=True)
 def select_flow(
     name: str,
-    queries: str | None = None,
+    queries: str | None = _D("queries"),
     workspace: str | None = None,
-    k: int = 200,
-    n: int = 50,
-    lam: float = 0.01,
-    strategy: str = "sift",
-    seed: int = 0,
-    min_gain: float | None = None,
-    nprobe: int | None = None,
-    rerank_factor: int | None = None,
-    query_embeddings: str | None = None,
-    block: int = 256,
-    ray_address: str | None = None,
+    k: int = _D("k"),
+    n: int = _D("n"),
+    lam: float = _D("lam"),
+    strategy: str = _D("strategy"),
+    seed: int = _D("seed"),
+    min_gain: float | None = _D("min_gain"),
+    nprobe: int | None = _D("nprobe"),
+    rerank_factor: int | None = _D("rerank_factor"),
+    query_embeddings: str | None = _D("query_embeddings"),
+    block: int = _D("block"),
+    ray_address: str | None = _D("ray_address"),
     run_id: str | None = None,
-    dup_threshold: float = DEFAULT_DUP_THRESHOLD,
-    alpha: float = DEFAULT_ALPHA,
+    dup_threshold: float = _D("dup_threshold"),
+    alpha: float = _D("alpha"),
 ) -> dict:
     """For each prompt in ``queries`` (or each vector in ``query_embeddings``), retrieve
     ``k`` exact candidates from corpus ``name``'s index and choose ``n`` with ``strategy``;
@@ -157,58 +45,19 @@ def select_flow(
     settings measured when the index was built. ``dup_threshold`` is NN-F's cosine
     similarity filter, ``alpha`` Adaptive SIFT's compute-performance ratio (a prompt may
     then get fewer than ``n`` rows)."""
-    logger = get_run_logger()
-    check_selection_args(strategy, k, n, lam, dup_threshold, alpha)
-    if (queries is None) == (query_embeddings is None):
-        raise ValueError("give exactly one of queries (a prompt file) and query_embeddings "
-                         "(.npy or Parquet of prompt vectors)")
-    if block < 1:
-        raise ValueError(f"block must be positive (got {block})")
-    source = str(Path(queries or query_embeddings).expanduser().resolve())
-    if not Path(source).is_file():
-        raise FileNotFoundError(f"{'queries' if queries else 'query embeddings'} file "
-                                f"{source} does not exist")
-    params = {"name": name, "queries": source, "k": k, "n": n, "lam": lam,
-              "strategy": strategy, "seed": seed, "min_gain": min_gain, "nprobe": nprobe,
-              "rerank_factor": rerank_factor,
-              **strategy_params(strategy, dup_threshold, alpha)}
-    if query_embeddings:
-        params["query_embeddings"] = True
-    rid = make_run_id("select", params, run_id)
-    dbf = db_path(workspace)
+    p = SelectParams.of(locals())
+    rid = make_run_id("select", p.run_key(), run_id)
     manifest = CorpusPaths(workspace, name).load_manifest()
-    rows_dir = reports_dir(workspace, rid) / "rows"
-    with tracked_run(dbf, rid, "select", params) as rec:
-        logger.info("prompts from %s; corpus %s has %s chunks", source, name,
-                    manifest.get("n_chunks"))
-        summary = retrieve_and_select(workspace, name, str(rows_dir), rid, queries,
-                                      query_embeddings, k, n, lam, strategy, seed, min_gain,
-                                      nprobe, rerank_factor, block, ray_address,
-                                      dup_threshold, alpha)
-        if summary["rows"]:
-            db.replace_run_rows(dbf, "test_time_selections", rid,
-                                str(rows_dir / "*.parquet"))
-        else:
-            db.replace_run_rows(dbf, "test_time_selections", rid,
-                                selection_rows(rid, strategy, [], {"picks": np.zeros(
-                                    (0, n), np.int64), "variances": np.zeros((0, n)),
-                                    "similarity": np.zeros((0, n))}))
-        shutil.rmtree(rows_dir, ignore_errors=True)
+    rows_dir = str(reports_dir(workspace, rid) / "rows")
+    with tracked_run(db_path(workspace), rid, "select", p.run_key()) as rec:
+        get_run_logger().info("prompts from %s; corpus %s has %s chunks", p.source, name,
+                              manifest.get("n_chunks"))
+        summary = retrieve_and_select(workspace, name, rows_dir, rid, p.queries,
+                                      p.query_embeddings, p.k, p.n, p.lam, p.strategy,
+                                      p.seed, p.min_gain, p.nprobe, p.rerank_factor, p.block,
+                                      p.ray_address, p.dup_threshold, p.alpha)
+        write_selections(workspace, rid, rows_dir, summary, p.strategy, p.n)
         rec.summary = summary
-    curves = comparable_curves(dbf, name, source, k, n, lam)
-    plot = variance_curves(curves, reports_dir(workspace, rid) / "posterior_variance.png",
-                           f"{name}: K={k}, N={n}, lam={lam}")
-    logger.info("%s: mean posterior variance %.4f -> %.4f after %d picks; plot %s", strategy,
-                summary["mean_prior_variance"], summary["mean_final_variance"], n, plot)
-    others = {s: float(c[-1]) for s, c in curves.items()}
-    artifacts.markdown(
-        f"select-{name}-{strategy}",
-        f"# Test-time selection `{rid}`\n\n"
-        f"Corpus `{name}`, prompts `{source}`, strategy **{strategy}**, K={k}, N={n}, "
-        f"lam={lam}.\n\n" + artifacts.md_table([summary]) + "\n\n"
-        "Mean posterior variance after N picks, latest run of each strategy on the same "
-        "inputs:\n\n" + artifacts.md_table([others]) + f"\n\nPlot: `{plot}`\n\n"
-        f"```sql\nSELECT * FROM test_time_selections WHERE run_id = '{rid}';\n```",
-        description=f"selection run {rid}",
-    )
-    return {"run_id": rid, "plot": str(plot), **summary}
+    plot = selection_report(workspace, rid, name, p.source, summary, p.strategy, p.k, p.n,
+                            p.lam)
+    return {"run_id": rid, "plot": plot, **summary}

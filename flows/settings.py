@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def configure(workspace: str | Path | None = None) -> None:
-    from tasks.workspace import workspace_root
+    from tasks.runtime.workspace import workspace_root
 
     root = workspace_root(workspace)
     root.mkdir(parents=True, exist_ok=True)  # Prefect's SQLite file lives inside it
@@ -25,6 +25,6 @@ def configure(workspace: str | Path | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    from tasks.ray_runtime import use_cluster_token
+    from tasks.runtime.ray_runtime import use_cluster_token
 
     use_cluster_token()

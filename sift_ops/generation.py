@@ -17,16 +17,21 @@ Prompts are tokenised once and processed in length-sorted micro-batches bounded 
 budget (rows x (longest prompt + max_new_tokens) padded tokens, the size of the KV cache
 the batch fills) and by a row cap, so little compute goes to padding, long prompts share a
 batch with few others and short ones with many; results come back in input order.
-``generate`` runs the prompt as one prefill pass (logits of the last position only) and then
-one cached decode step per token.  On CUDA the budget comes from the free memory
-(:func:`lm_token_budget`). The model's dtype only changes the forward passes (the
-uncertainty scores are always computed in float32), but bf16 forward passes change the
-greedy answers themselves (measured: benchmarks/README.md), so scoring runs float32 unless
-bf16 is asked for.
+On CPU each prompt but its last token is first run through the model alone (no padding:
+prefill is most of the CPU time, and even length-sorted batches of 16 sample-pool prompts
+were 30 % padding); the rows' caches are left-padded into one batch cache and ``generate``
+continues from it, one cached decode step per token for the whole batch. Elsewhere
+``generate`` runs the padded prompts as one prefill pass. Either way the positions and the
+attention mask are those of the padded batch, so the scores agree to float rounding.
+On CUDA the budget comes from the free memory (:func:`lm_token_budget`). The model's dtype
+only changes the forward passes (the uncertainty scores are always computed in float32),
+but bf16 forward passes change the greedy answers themselves (measured:
+benchmarks/README.md), so scoring runs float32 unless bf16 is asked for.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,6 +131,8 @@ def greedy_scores(
     batch_size: int | None = 16,
     max_prompt_tokens: int = 1024,
     token_budget: int | None = None,
+    prefill: str | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Greedy-generate a response to every text and score it.
 
@@ -141,6 +148,18 @@ def greedy_scores(
             max_new_tokens)) per call; None: from the free CUDA memory, or no token bound
             on CPU (the row cap alone, as before). A prompt longer than the budget is
             generated alone.
+        prefill: "rows": each prompt (but its last token) runs through the model alone,
+            unpadded, and the batch decodes from the joined cache (no compute on padding:
+            on CPU prefill is most of the time and length-sorted batches of 16 were still
+            30 % padding, benchmarks/README.md); "batch": one padded prefill inside
+            ``generate``; None: "rows" on CPU, "batch" elsewhere (on a GPU one
+            forward pass per prompt is launch-bound; unmeasured).
+        timings: when given, seconds and token counts are added to it (keys
+            ``tokenize_s``, ``prefill_s`` (row prefill; a batched prefill is inside
+            ``generate_s``), ``generate_s``, ``score_s`` (stacking the logits and the
+            uncertainty scores), ``prompt_tokens`` / ``prompt_slots`` (real / padded
+            prompt positions of the batches), ``response_tokens`` / ``response_slots``
+            (scored positions / rows x decode steps)): the benchmark's breakdown.
 
     Returns:
         dict of ``[n]`` arrays: the five uncertainty scores (float64, NaN for an empty
@@ -153,6 +172,8 @@ def greedy_scores(
     out["prompt_tokens"] = count_tokens(tokenizer, texts)
     if n == 0:
         return out
+    tm = timings if timings is not None else {}
+    clock = time.perf_counter()
     prompts = build_prompts(tokenizer, texts)
     enc = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     lengths = np.fromiter((min(len(x), max_prompt_tokens) for x in enc), dtype=np.int64,
@@ -163,6 +184,8 @@ def greedy_scores(
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id
     dev = next(model.parameters()).device
+    per_row = _use_row_prefill(prefill, dev)
+    clock = _tick(tm, "tokenize_s", clock)
     for rows in budget_batches(lengths + max_new_tokens, budget, min(caps) if caps else None):
         ids = [enc[i][-max_prompt_tokens:] for i in rows]
         width = max(len(x) for x in ids)
@@ -172,12 +195,18 @@ def greedy_scores(
         for r, x in enumerate(ids):
             input_ids[r, width - len(x):] = torch.as_tensor(x)
             attn[r, width - len(x):] = 1
+        cache = _row_prefill_cache(model, ids, dev) if per_row else None
+        if per_row and cache is False:  # not a plain KV cache: batched prefill from now on
+            per_row, cache = False, None
+        clock = _tick(tm, "prefill_s", clock)
         gen = model.generate(
             input_ids=input_ids.to(dev), attention_mask=attn.to(dev),
             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
             output_logits=True, return_dict_in_generate=True, pad_token_id=pad_id,
             temperature=None, top_p=None, top_k=None,
+            **({"cache": cache} if cache is not None else {}),
         )
+        clock = _tick(tm, "generate_s", clock)
         resp = gen.sequences[:, width:]  # [b, T] generated tokens
         logits = torch.stack(gen.logits, dim=1)  # [b, T, V] raw logits that chose them
         is_eos = torch.zeros_like(resp, dtype=torch.bool)
@@ -190,5 +219,65 @@ def greedy_scores(
         for k in UNCERTAINTY_KEYS:
             out[k][rows] = scores[k].double().cpu().numpy()
         out["gen_tokens"][rows] = (mask & ~is_eos).sum(dim=1).cpu().numpy()
-        del gen, logits
+        clock = _tick(tm, "score_s", clock)
+        for key, value in (("prompt_tokens", sum(len(x) for x in ids)),
+                           ("prompt_slots", len(ids) * width),
+                           ("response_tokens", int(mask.sum())),
+                           ("response_slots", mask.numel())):
+            tm[key] = tm.get(key, 0) + value
+        del gen, logits, cache
     return out
+
+
+def _tick(timings: dict[str, float], key: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[key] = timings.get(key, 0.0) + now - since
+    return now
+
+
+def _use_row_prefill(prefill: str | None, dev: torch.device) -> bool:
+    if prefill is None:
+        return dev.type == "cpu"
+    if prefill not in ("rows", "batch"):
+        raise ValueError(f"prefill must be 'rows', 'batch' or None, got {prefill!r}")
+    return prefill == "rows"
+
+
+def _row_prefill_cache(model: Any, ids: Sequence[Sequence[int]], dev: torch.device) -> Any:
+    """KV cache of every row's prompt except its last token, each row run alone (no
+    padding), then left-padded into one batch cache of ``max(len) - 1`` positions.
+
+    ``generate`` given this cache and the full left-padded prompts feeds only the last
+    column (every row's last prompt token) and continues from there: the same positions
+    (cumulative attention mask) and the same masked attention as a padded prefill, without
+    computing the padding. Returns None when no row has more than one token, and False
+    when the model's cache is not a plain per-layer key/value cache (sliding windows,
+    recurrent state...), which this cannot pad.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    span = max(len(x) for x in ids) - 1
+    if span <= 0:
+        return None
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    for r, x in enumerate(ids):
+        n = len(x) - 1
+        if n <= 0:
+            continue  # a one-token prompt: nothing to cache, its column stays masked
+        pkv = model(input_ids=torch.as_tensor(x[:-1], device=dev)[None], use_cache=True,
+                    logits_to_keep=1).cache
+        layers = getattr(pkv, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return False
+        if not keys:  # [b, kv_heads, span, head_dim] per layer, zeros where masked
+            for layer in layers:
+                keys.append(layer.keys.new_zeros((len(ids), *layer.keys.shape[1:2], span,
+                                                  layer.keys.shape[-1])))
+                values.append(layer.values.new_zeros((len(ids), *layer.values.shape[1:2], span,
+                                                      layer.values.shape[-1])))
+        for k, v, layer in zip(keys, values, layers, strict=True):
+            k[r, :, span - n:] = layer.keys[0]
+            v[r, :, span - n:] = layer.values[0]
+    return DynamicCache(ddp_cache_data=list(zip(keys, values, strict=True)))

@@ -1,6 +1,6 @@
 """SIFT test-time data selection and its baselines (nearest neighbour, random).
 
-Model (see DESIGN.md and the SIFT paper): a linear kernel ``k(a, b) = <a, b>`` on
+Model (the SIFT paper; docs/architecture.md, "Methods"): a linear kernel ``k(a, b) = <a, b>`` on
 (usually L2-normalised) embeddings and a ridge / Gaussian-process posterior with
 noise ``lam``.  After selecting the multiset ``S`` (repeats allowed) the posterior
 variance of a target prompt ``x`` is::
@@ -39,8 +39,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
+
+from sift_ops.tensors import to_tensor as _to_tensor
 
 __all__ = [
     "DEFAULT_ADAPTIVE_ALPHA",
@@ -64,7 +65,7 @@ DEFAULT_BLOCK_SIZE_CUDA = 2048
 
 #: NN-F skips a candidate whose cosine similarity to an already picked chunk is at least
 #: this.  Measured on the redundant sample (R=0.3, all-MiniLM-L6-v2, top-200 candidates of
-#: 64 prompts, benchmarks/dup_threshold.py; README "Redundant corpora"): every pair of
+#: 64 prompts, benchmarks/dup_threshold.py; docs/results.md, "Redundant corpora"): every pair of
 #: identical chunks has cosine 1.0; 81 % of lightly edited copy pairs are >= 0.9 (92 % at
 #: 0.85); of 1.27M pairs of distinct texts, 0.0115 % are >= 0.9 (0.041 % at 0.85).
 DEFAULT_DUP_THRESHOLD = 0.9
@@ -123,12 +124,6 @@ class Selection(tuple):
 
 # --------------------------------------------------------------------------------------
 # input handling
-
-
-def _to_tensor(x: ArrayLike) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    return torch.as_tensor(np.asarray(x))
 
 
 def _prepare(

@@ -4,7 +4,7 @@ For every response position ``t`` the model gives a next-token distribution
 ``p_t = softmax(logits[:, t])`` and the response contains the token ``y_t = tokens[:, t]``
 (so ``logits[:, t]`` must be the logits that *produced* ``tokens[:, t]``; for a HF
 causal LM that is ``outputs.logits[:, t - 1]`` of the full sequence, or the ``scores`` of
-``generate``).  Over the unmasked positions of each sequence (DESIGN.md):
+``generate``).  Over the unmasked positions of each sequence (docs/architecture.md, "Methods"):
 
 * ``mean_entropy``     ``mean_t H(p_t)``                        (nats; high = uncertain)
 * ``max_entropy``      ``max_t H(p_t)``                         (nats; high = uncertain)
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
+
+from sift_ops.tensors import to_tensor as _to_tensor
 
 __all__ = ["UNCERTAINTY_KEYS", "token_uncertainty"]
 
@@ -31,10 +32,6 @@ UNCERTAINTY_KEYS = ("mean_entropy", "max_entropy", "least_confidence", "mean_mar
 # Elements of [B, t, V] processed at once: bounds the temporaries (log-probs, probs) to a
 # few hundred MB even for V = 150k vocabularies.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
-
-
-def _to_tensor(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
 def token_uncertainty(

@@ -33,7 +33,7 @@ def local_ray():
     """A real local Ray instance shared by the session (2 CPUs, like the CI machine)."""
     import ray
 
-    from tasks.ray_runtime import ensure_ray
+    from tasks.runtime.ray_runtime import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import db
+from tasks.storage import db
 from tests.e2e.procs import CLI, RAY, clean_env, free_port, stop
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import db
-from tasks.sample import build_sample
+from tasks.sample.bundled import build_sample
+from tasks.storage import db
 from tests.e2e.procs import CLI, PREFECT, clean_env, free_port, stop
 
 pytestmark = pytest.mark.e2e

@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import db
-from tasks.sample import build_sample
+from tasks.sample.bundled import build_sample
+from tasks.storage import db
 from tests.e2e import label_studio as lsx
 from tests.e2e.procs import CLI, clean_env, free_port, stop
 
@@ -123,7 +123,7 @@ def _db_state(dbf: Path) -> dict:
 def test_annotation_loop(server, tmp_path, prefect_harness, monkeypatch):
     from flows.collect import collect_flow
     from flows.handoff import handoff_flow
-    from tasks.labelstudio import LabelStudioError
+    from tasks.annotation.labelstudio import LabelStudioError
 
     url = server["url"]
     ws = tmp_path / "ws"
@@ -262,7 +262,7 @@ def _check_context(ws: Path, dbf: Path, done: set[str]) -> None:
     """r2's picks are those of rank_items with the annotated items as labelled context, and
     differ from a ranking that merely drops them from the pool."""
     from sift_ops.pool_strategies import rank_items
-    from tasks.pool import read_item_columns
+    from tasks.pool.items import read_item_columns
 
     items = read_item_columns(ws / "pools" / "p" / "items.parquet")
     ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)

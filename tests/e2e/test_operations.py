@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import db
-from tasks.sample import build_sample
+from tasks.sample.bundled import build_sample
+from tasks.storage import db
 from tests.e2e.procs import CLI, RAY, clean_env, free_port, stop
 
 pytestmark = pytest.mark.e2e

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import db
-from tasks.sample import build_sample, read_sample
-from tasks.workspace import db_path
+from tasks.runtime.workspace import db_path
+from tasks.sample.bundled import build_sample, read_sample
+from tasks.storage import db
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import db
-from tasks.sample import build_sample
-from tasks.workspace import db_path
+from tasks.runtime.workspace import db_path
+from tasks.sample.bundled import build_sample
+from tasks.storage import db
 from tests.tiny_lm import build_tiny_lm
 
 pytestmark = pytest.mark.integration
@@ -171,8 +171,8 @@ def test_eval_budget_uncertainty_strategies(ws):
 
 
 def test_finetune_on_budgets_computes_each_set_once_and_resumes(ws, tmp_path):
-    from flows.eval_budget import finetune_on_budgets
-    from tasks import evaluate as ev
+    from tasks.evaluation import evaluate as ev
+    from tasks.evaluation.budget import finetune_on_budgets
 
     pairs = ev.load_pool_pairs(Path(ws.sample) / "pool.jsonl",
                                Path(ws.sample) / "pool_references.jsonl")
@@ -202,22 +202,3 @@ def test_finetune_on_budgets_computes_each_set_once_and_resumes(ws, tmp_path):
                                    results_file=results, **{**kwargs, "lr": 2e-3})
     assert other[1]["reused"] is None and other[1]["test_loss"] != rows[1]["test_loss"]
 
-
-def test_lm_scores_checkpoint_round_trip(tmp_path):
-    import numpy as np
-
-    from flows.eval_budget import _read_scores, _write_scores
-    from sift_ops.generation import SCORE_KEYS
-    from tasks.evaluate import PoolPair
-
-    pairs = [PoolPair(f"i{j}", "s", "p", "r") for j in range(3)]
-    scores = {k: np.array([0.5, np.nan, 2.0]) for k in SCORE_KEYS}
-    path = tmp_path / "scores.jsonl"
-    scorer = {"lm": None, "max_new_tokens": 8, "gen_batch_size": 4}
-    _write_scores(path, pairs, scores, scorer)
-    back = _read_scores(path, ["i2", "i0"], scorer)
-    assert back is not None and back["mean_entropy"].tolist() == [2.0, 0.5]
-    assert np.isnan(_read_scores(path, ["i1"], scorer)["min_margin"][0])
-    assert _read_scores(path, ["i0", "i9"], scorer) is None  # an item never scored
-    assert _read_scores(path, ["i0"], {**scorer, "max_new_tokens": 16}) is None
-    assert _read_scores(tmp_path / "none.jsonl", ["i0"], scorer) is None

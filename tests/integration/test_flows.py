@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import db
-from tasks.corpus import CorpusReader, unpack_doc_id
-from tasks.pile_reader import PileDoc, iter_pile_file
-from tasks.sample import build_sample
-from tasks.workspace import CorpusPaths, db_path
+from tasks.corpus.lookup import CorpusReader, unpack_doc_id
+from tasks.corpus.pile_reader import PileDoc, iter_pile_file
+from tasks.runtime.workspace import CorpusPaths, db_path
+from tasks.sample.bundled import build_sample
+from tasks.storage import db
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_changing_shard_size_on_resume_is_refused(tiny, embedded):
 
 def test_index_maps_rows_back_to_doc_ids_and_finds_every_shard(tiny, embedded):
     from flows.index import index_flow
-    from tasks.search_service import SearchService
+    from tasks.index.search_service import SearchService
 
     result = index_flow(name="tiny", workspace=tiny.ws)
     assert result["n_vectors"] == embedded["chunks_total"]
@@ -256,7 +256,7 @@ def test_ivf_pq_index_in_partitions_with_exact_rerank(tiny, embedded):
     similarities are exact inner products with the stored vectors."""
     from flows.index import index_flow
     from flows.select import select_flow
-    from tasks.search_service import SearchService
+    from tasks.index.search_service import SearchService
 
     result = index_flow(name="tiny", workspace=tiny.ws, factory="IVF4,PQ8x4", train_size=256,
                         memory_budget="1KB", block_vectors=40, target_recall=0.9,
@@ -286,7 +286,7 @@ def test_ivf_pq_index_in_partitions_with_exact_rerank(tiny, embedded):
 
 def test_select_refuses_an_encoder_of_another_dimension(tiny, embedded):
     """An index built with a 384-d encoder and prompts embedded by a 256-d one."""
-    from tasks.search_service import SearchService
+    from tasks.index.search_service import SearchService
 
     with SearchService(tiny.paths, local=True) as svc, \
             pytest.raises(ValueError, match="query embedding dimension 256 != index dimension 384"):
@@ -298,7 +298,7 @@ def test_new_shards_are_added_without_retraining_or_rebuilding_the_rest(tiny, em
     partition, with the same trained model; finished partitions are not touched."""
     from flows.embed import embed_flow
     from flows.index import index_flow
-    from tasks.search_service import SearchService
+    from tasks.index.search_service import SearchService
 
     kw = {"factory": "IVF4,PQ8x4", "train_size": 256, "memory_budget": "1KB",
           "block_vectors": 40, "target_recall": 0.9, "recall_k": 20}

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import db
-from tasks.import_embeddings import BadEmbeddingInput
-from tasks.workspace import CorpusPaths, db_path
+from tasks.corpus.import_embeddings import BadEmbeddingInput
+from tasks.runtime.workspace import CorpusPaths, db_path
+from tasks.storage import db
 
 pytestmark = pytest.mark.integration
 

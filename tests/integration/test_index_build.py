@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import db
-from tasks.import_embeddings import import_embeddings
-from tasks.workspace import CorpusPaths, db_path
+from tasks.corpus.import_embeddings import import_embeddings
+from tasks.runtime.workspace import CorpusPaths, db_path
+from tasks.storage import db
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def test_a_query_of_another_dimension_is_refused_by_name(byo, prefect_harness, l
 
 
 def test_a_shard_with_nan_is_named(byo, local_ray):
-    from tasks.index import build_index
+    from tasks.index.build import build_index
 
     paths = byo["paths"]
     manifest = json.loads(paths.manifest.read_text())
@@ -128,9 +128,9 @@ def test_a_shard_with_nan_is_named(byo, local_ray):
 
 _CRASHING_BUILD = """
 import os, signal, sys
-from tasks.index import build_index
-from tasks.ray_runtime import ensure_ray
-from tasks.workspace import CorpusPaths
+from tasks.index.build import build_index
+from tasks.runtime.ray_runtime import ensure_ray
+from tasks.runtime.workspace import CorpusPaths
 
 ensure_ray(num_cpus=2)
 finished = []
@@ -151,7 +151,7 @@ def test_killed_build_keeps_finished_blocks_and_rerun_adds_each_vector_once(byo,
     import subprocess
     import sys
 
-    from tasks.index import build_index
+    from tasks.index.build import build_index
 
     paths = byo["paths"]
     script = tmp_path / "crash.py"
@@ -194,8 +194,8 @@ def test_killed_build_keeps_finished_blocks_and_rerun_adds_each_vector_once(byo,
 
 
 def test_hnsw_index_gets_its_efsearch_from_the_recall_sweep(byo, local_ray):
-    from tasks.index import build_index
-    from tasks.search_service import SearchService
+    from tasks.index.build import build_index
+    from tasks.index.search_service import SearchService
 
     res = build_index(byo["paths"], "HNSW16", memory_budget="1GB", block_vectors=2000,
                       recall_k=50, target_recall=0.97, rebuild=True)

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 
 from sift_ops.pool_strategies import STRATEGIES
-from tasks import db
-from tasks.sample import build_sample
-from tasks.workspace import db_path
+from tasks.runtime.workspace import db_path
+from tasks.sample.bundled import build_sample
+from tasks.storage import db
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def own_ray():
 
     import ray
 
-    from tasks.ray_runtime import ensure_ray
+    from tasks.runtime.ray_runtime import ensure_ray
 
     if not ray.is_initialized():
         ensure_ray(address="local")
@@ -156,7 +156,7 @@ def test_token_budget_never_exceeded(ws, ranked):
 
 def test_handoff_files_parse(ws, ranked, tmp_path):
     from flows.handoff import handoff_flow
-    from tasks.handoff import HandoffExists
+    from tasks.annotation.handoff import HandoffExists
 
     out = tmp_path / "handoff"
     with pytest.raises(ValueError, match="several strategies"):
@@ -231,7 +231,8 @@ def test_real_smollm2_scores_a_handful(ws, tmp_path_factory):
 def test_the_bundled_gguf_passed_by_path_reuses_its_converted_folder(ws):
     """`rank --lm .../SmolLM2-135M-Instruct.Q4_1.gguf` is the default model: same bytes,
     same cached folder (converted by the test above, or here the first time)."""
-    from sift_ops.causal_lm import bundled_gguf, resolve_lm_path
+    from sift_ops.causal_lm import bundled_gguf
+    from tasks.runtime.models import resolve_lm_path
 
     models = Path(ws.root) / "models"
     assert resolve_lm_path(str(bundled_gguf()), models) == str(models /
@@ -263,8 +264,8 @@ def test_lm_stage_streams_results_in_blocks_of_about_rows_per_call(ws, ranked):
     and the progress bar arrived only at the end of LM scoring."""
     import pyarrow.parquet as pq
 
-    from tasks.lm_scoring import score_pool
-    from tasks.pool import pool_dir
+    from tasks.pool.items import pool_dir
+    from tasks.pool.lm_scoring import score_pool
 
     items = pool_dir(ws.root, "sample") / "items.parquet"
     n_unlabelled = sum(o is None for o in pq.read_table(items, columns=["output"])
@@ -281,7 +282,7 @@ def test_collected_annotations_make_items_labelled_for_the_next_rank(ws):
     rank of the pool never picks them, counts them as labelled context, and budget_summary
     counts them as annotated for the run they came from. An empty answer does neither."""
     from flows.rank import rank_flow
-    from tasks.annotations import apply_collect, record_tasks
+    from tasks.annotation.annotations import apply_collect, record_tasks
 
     kw = dict(pool=ws.pool, pool_name="annotated", budget=6, strategies=["k_center"],
               workspace=ws.root)

@@ -1,0 +1,1 @@
+"""Handing selections to annotators (files, Label Studio) and collecting answers."""

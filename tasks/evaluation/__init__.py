@@ -1,0 +1,1 @@
+"""Evaluations of the selections: fine-tune, score, summarise."""

@@ -1,0 +1,1 @@
+"""The corpus index: building it, its vector store, searching it."""

@@ -1,0 +1,1 @@
+"""Instruction pools: reading and storing items, LM scores and prompt embeddings."""

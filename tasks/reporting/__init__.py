@@ -1,0 +1,1 @@
+"""Prefect artifacts and PNG plots."""

@@ -1,0 +1,1 @@
+"""Running the work: Ray, retries, locks, where things live on disk."""

@@ -1,0 +1,1 @@
+"""The bundled sample: a mini-Pile, held-out prompts and an instruction pool."""

@@ -1,0 +1,1 @@
+"""curation.duckdb: schema, the single writer, run bookkeeping."""
