@@ -25,8 +25,11 @@ so that ``k_n(c, c*) = Gram[c*, c] - sum_i U[i, c*] U[i, c]`` is recovered in
 ``O(K n)`` per step.  The full ``(K+1)^2`` posterior covariance is never rewritten,
 which is what made a naive batched version memory-bound.  Total cost per query:
 ``O(K^2 d)`` for the Gram matmul (the FLOP floor) plus ``O(K n^2 + m K n)`` for
-the greedy loop.  There is no Python loop over queries; there is a loop over the
-``n`` greedy steps, vectorised over a block of queries.
+the greedy loop.  There is no Python loop over queries.  On the CPU the greedy loop is
+compiled (:mod:`sift_ops.sift_kernel`, numba): each thread takes a share of the block and
+walks one prompt's whole path at a time with its state in cache.  On a GPU it is a
+Python loop over the ``n`` greedy steps, each step a few torch ops over the whole block
+(:func:`_greedy_block`).  Both give the same picks up to float near-ties (tested).
 
 Units: variances are in the units of the kernel (squared embedding norm); for
 L2-normalised embeddings the prior variance of one target is 1.
@@ -37,10 +40,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
+from sift_ops.sift_kernel import greedy_path
 from sift_ops.tensors import to_tensor as _to_tensor
 
 __all__ = [
@@ -57,11 +63,14 @@ __all__ = [
 
 ArrayLike = Any  # torch.Tensor | np.ndarray; kept loose so numpy callers type-check too
 
-# Queries per block.  CPU: the block's Gram matrices and update vectors
-# (block * K * (K + n) floats, ~25 MB at K=200, n=50) stay in the L2/L3 caches while the
-# per-step op overhead is amortised over enough queries.  GPU: larger blocks fill the device.
+# Queries per block: bounds the working memory (block * K * (K + n) floats, ~25 MB at
+# K=200, n=50).  CPU: threads split a block and work through it in sub-blocks of
+# _SUB_BLOCK prompts that stay in cache.  GPU: larger blocks fill the device.
 DEFAULT_BLOCK_SIZE = 128
 DEFAULT_BLOCK_SIZE_CUDA = 2048
+#: The CPU runs the greedy steps in the compiled kernel (:mod:`sift_ops.sift_kernel`);
+#: "torch" runs the torch kernel there too (the GPU's; tests compare the two on the CPU).
+_CPU_KERNEL = "compiled"
 
 #: NN-F skips a candidate whose cosine similarity to an already picked chunk is at least
 #: this.  Measured on the redundant sample (R=0.3, all-MiniLM-L6-v2, top-200 candidates of
@@ -170,29 +179,6 @@ def _prepare(
 # the kernel
 
 
-@contextlib.contextmanager
-def _serial_cpu(device: torch.device) -> Iterator[None]:
-    """Run the greedy loop's small ops on one intra-op thread (CPU only).
-
-    The loop issues ~15 tiny ops per step (tensors of block * K ~ 25k numbers).  They gain
-    nothing from a second thread (measured), but with OpenMP every parallel region waits
-    for all its threads: when another process occupies a core, each op can stall for a
-    scheduler tick and the loop became 5-20x slower (0.5 -> 2-10 ms per query with one
-    busy process on the other core).  Serial, it stays at ~0.7 ms.  The Gram matmul still
-    uses the caller's thread count.  With torch's OpenMP backend this setting is per
-    calling thread, and it is restored on exit.
-    """
-    prev = torch.get_num_threads()
-    if device.type != "cpu" or prev <= 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
 def _run_block(
     q: torch.Tensor,
     c: torch.Tensor,
@@ -222,7 +208,7 @@ def _run_block(
     fpick = forced.clamp_min(0)
     gram = torch.bmm(c.gather(1, fpick.unsqueeze(2).expand(b, n, d)), ct).view(b * n, K)
     diag0 = c.square().sum(dim=2)
-    cov = torch.bmm(q, ct)  # [b, m, K]  k_n(t, c)
+    cov = _target_cov(q, c).contiguous()  # [b, m, K]  k_n(t, c)
     # k_n(c, c) + lam, kept with lam folded in (one op less per step); always >= lam.
     diag_lam = diag0 + lam  # [b, K]
     var = q.square().sum(dim=(1, 2))  # [b]  sum_t k_n(t, t)
@@ -233,50 +219,49 @@ def _run_block(
     last_var = var.clone()  # the variance reported for stopped queries
     cov1 = cov[:, 0, :] if m == 1 else None  # a [b, K] view: cheaper ops for one target
 
-    with _serial_cpu(dev):
-        for i in range(n):
-            pick = forced[:, i]
-            stop = pick < 0
-            pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
-            row = gram.view(b, n, K)[:, i, :].clone()
-            # k_i(c, c*) for all c: prior Gram row minus the low-rank corrections so far.
-            if i > 0:
-                Ui = U[:, :i, :]
-                u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
-                row.sub_(torch.bmm(u_pick.transpose(1, 2), Ui).squeeze(1))
-            pick2 = pick.view(b, 1)
-            denom = diag_lam.gather(1, pick2)  # [b, 1] k(c*,c*) + lam
-            if cov1 is not None:
-                cov_pick = cov1.gather(1, pick2)  # [b, 1]
-            else:
-                cov_pick = cov.gather(2, pick.view(b, 1, 1).expand(b, m, 1))  # [b, m, 1]
-            reduction = cov_pick.square().sum(dim=tuple(range(1, cov_pick.ndim)))
-            reduction = reduction / denom.view(b)
-            if min_gain is not None:
-                stop = stop | (reduction < min_gain)
-            active &= ~stop  # stopping is sticky
-            if not bool(active.any()):
-                out_idx[:, i:] = -1
-                out_var[:, i:] = last_var.unsqueeze(1)
-                break
+    for i in range(n):
+        pick = forced[:, i]
+        stop = pick < 0
+        pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
+        row = gram.view(b, n, K)[:, i, :].clone()
+        # k_i(c, c*) for all c: prior Gram row minus the low-rank corrections so far.
+        if i > 0:
+            Ui = U[:, :i, :]
+            u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
+            row.sub_(torch.bmm(u_pick.transpose(1, 2), Ui).squeeze(1))
+        pick2 = pick.view(b, 1)
+        denom = diag_lam.gather(1, pick2)  # [b, 1] k(c*,c*) + lam
+        if cov1 is not None:
+            cov_pick = cov1.gather(1, pick2)  # [b, 1]
+        else:
+            cov_pick = cov.gather(2, pick.view(b, 1, 1).expand(b, m, 1))  # [b, m, 1]
+        reduction = cov_pick.square().sum(dim=tuple(range(1, cov_pick.ndim)))
+        reduction = reduction / denom.view(b)
+        if min_gain is not None:
+            stop = stop | (reduction < min_gain)
+        active &= ~stop  # stopping is sticky
+        if not bool(active.any()):
+            out_idx[:, i:] = -1
+            out_var[:, i:] = last_var.unsqueeze(1)
+            break
 
-            # Rank-1 (Schur complement) update of the kept state.
-            rs = denom.rsqrt()  # [b, 1]
-            u = row.mul_(rs)  # k(c, c*) / sqrt(k(c*,c*) + lam)
-            U[:, i, :] = u
-            scale = u * rs  # k(c, c*) / (k(c*,c*) + lam)
-            if cov1 is not None:
-                cov1.addcmul_(cov_pick, scale, value=-1.0)
-            else:
-                cov.addcmul_(cov_pick, scale.unsqueeze(1), value=-1.0)
-            # round-off must not push a posterior variance below 0 (i.e. diag_lam below lam)
-            diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
-            var.sub_(reduction).clamp_min_(0.0)
+        # Rank-1 (Schur complement) update of the kept state.
+        rs = denom.rsqrt()  # [b, 1]
+        u = row.mul_(rs)  # k(c, c*) / sqrt(k(c*,c*) + lam)
+        U[:, i, :] = u
+        scale = u * rs  # k(c, c*) / (k(c*,c*) + lam)
+        if cov1 is not None:
+            cov1.addcmul_(cov_pick, scale, value=-1.0)
+        else:
+            cov.addcmul_(cov_pick, scale.unsqueeze(1), value=-1.0)
+        # round-off must not push a posterior variance below 0 (i.e. diag_lam below lam)
+        diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
+        var.sub_(reduction).clamp_min_(0.0)
 
-            last_var = torch.where(active, var, last_var)
-            out_idx[:, i] = torch.where(active, pick, torch.full_like(pick, -1))
-            out_var[:, i] = last_var
-            n_used += active.long()
+        last_var = torch.where(active, var, last_var)
+        out_idx[:, i] = torch.where(active, pick, torch.full_like(pick, -1))
+        out_var[:, i] = last_var
+        n_used += active.long()
     out_used.copy_(n_used)
 
 
@@ -292,7 +277,8 @@ def _greedy_block(
     out_used: torch.Tensor,
     out_prior: torch.Tensor,
 ) -> None:
-    """Greedy SIFT for one block of queries; writes into the ``out_*`` views.
+    """Greedy SIFT for one block of queries with torch ops (the GPU's loop); writes into
+    the ``out_*`` views.
 
     Shapes: q ``[b, m, d]``, c ``[b, K, d]``, valid ``[b, K]`` bool or None.
 
@@ -314,7 +300,7 @@ def _greedy_block(
     # state[:, :m] = k_n(t, c) (covariance with the targets), state[:, m] = k_n(c, c) + lam
     # (lam folded in, always >= lam): one tensor so that a pick's values are one gather.
     state = torch.empty(b, m + 1, K, device=dev, dtype=dt)
-    state[:, :m] = torch.bmm(q, ct)
+    state[:, :m] = _target_cov(q, c)
     torch.add(gram.diagonal(dim1=1, dim2=2), lam, out=state[:, m])
     cov, diag_lam = state[:, :m], state[:, m]
     cov1 = state[:, 0] if m == 1 else None  # [b, K]: cheaper ops for one target
@@ -334,47 +320,65 @@ def _greedy_block(
     check_stop = min_gain is not None or valid is not None
     steps = n
 
-    with _serial_cpu(dev):
-        for i in range(n):
-            # reduction(c) = sum_t k(t,c)^2 / (k(c,c) + lam)
-            if cov1 is not None:
-                torch.mul(cov1, cov1, out=gain)
-            else:
-                torch.sum(torch.mul(cov, cov, out=sq), dim=1, out=gain)
-            gain.div_(diag_lam)
-            if invalid is not None:
-                gain.masked_fill_(invalid, float("-inf"))
-            torch.max(gain, dim=1, out=(red[i], picks[i]))  # first index wins ties
-            if i == n - 1:
-                break  # the last pick's update is never read
-            if check_stop and i % 8 == 7 and not bool(_alive(red[: i + 1], min_gain).any()):
-                steps = i + 1  # every query has stopped: the rest would be discarded
-                break
-            pick = picks[i]
-            # k_i(c*, c) for all c: the prior Gram row minus the low-rank corrections so far
-            torch.add(row_base, pick, out=flat)
-            torch.index_select(gram_rows, 0, flat, out=row2)
-            if i > 0:
-                Ui = U[:, :i, :]
-                u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
-                row.baddbmm_(u_pick.transpose(1, 2), Ui, alpha=-1.0)
-            at = state.gather(2, pick.view(b, 1, 1).expand(b, m + 1, 1))  # [b, m+1, 1]
-            rs = at[:, m].rsqrt_()  # [b, 1]  1 / sqrt(k(c*,c*) + lam)
-            # Rank-1 (Schur complement) update of the kept state.
-            u = U[:, i, :]
-            torch.mul(row2, rs, out=u)  # k(c, c*) / sqrt(k(c*,c*) + lam)
-            # k(c, c*) / (k(c*,c*) + lam), into the free gain buffer.  Formed as u * rs (not
-            # k(t, c*) * rs first): the same rounding as before, so the same picks on near-ties.
-            scale = torch.mul(u, rs, out=gain)
-            if cov1 is not None:
-                cov1.addcmul_(at[:, 0], scale, value=-1.0)
-            else:
-                cov.addcmul_(at[:, :m], scale.unsqueeze(1), value=-1.0)
-            # round-off must not push a posterior variance below 0 (diag_lam below lam)
-            diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
+    for i in range(n):
+        # reduction(c) = sum_t k(t,c)^2 / (k(c,c) + lam)
+        if cov1 is not None:
+            torch.mul(cov1, cov1, out=gain)
+        else:
+            torch.sum(torch.mul(cov, cov, out=sq), dim=1, out=gain)
+        gain.div_(diag_lam)
+        if invalid is not None:
+            gain.masked_fill_(invalid, float("-inf"))
+        torch.max(gain, dim=1, out=(red[i], picks[i]))  # first index wins ties
+        if i == n - 1:
+            break  # the last pick's update is never read
+        if check_stop and i % 8 == 7 and not bool(_alive(red[: i + 1], min_gain).any()):
+            steps = i + 1  # every query has stopped: the rest would be discarded
+            break
+        pick = picks[i]
+        # k_i(c*, c) for all c: the prior Gram row minus the low-rank corrections so far
+        torch.add(row_base, pick, out=flat)
+        torch.index_select(gram_rows, 0, flat, out=row2)
+        if i > 0:
+            Ui = U[:, :i, :]
+            u_pick = Ui.gather(2, pick.view(b, 1, 1).expand(b, i, 1))  # [b, i, 1]
+            row.baddbmm_(u_pick.transpose(1, 2), Ui, alpha=-1.0)
+        at = state.gather(2, pick.view(b, 1, 1).expand(b, m + 1, 1))  # [b, m+1, 1]
+        rs = at[:, m].rsqrt_()  # [b, 1]  1 / sqrt(k(c*,c*) + lam)
+        # Rank-1 (Schur complement) update of the kept state.
+        u = U[:, i, :]
+        torch.mul(row2, rs, out=u)  # k(c, c*) / sqrt(k(c*,c*) + lam)
+        # k(c, c*) / (k(c*,c*) + lam), into the free gain buffer.  Formed as u * rs (not
+        # k(t, c*) * rs first): the same rounding as before, so the same picks on near-ties.
+        scale = torch.mul(u, rs, out=gain)
+        if cov1 is not None:
+            cov1.addcmul_(at[:, 0], scale, value=-1.0)
+        else:
+            cov.addcmul_(at[:, :m], scale.unsqueeze(1), value=-1.0)
+        # round-off must not push a posterior variance below 0 (diag_lam below lam)
+        diag_lam.addcmul_(u, u, value=-1.0).clamp_min_(lam)
 
-    r = red[:steps].t()  # [b, steps]
-    p = picks[:steps].t()
+    _finish(picks[:steps].t(), red[:steps].t(), prior, min_gain, check_stop, n,
+            out_idx, out_var, out_used)
+
+
+def _finish(
+    p: torch.Tensor,
+    r: torch.Tensor,
+    prior: torch.Tensor,
+    min_gain: float | None,
+    check_stop: bool,
+    n: int,
+    out_idx: torch.Tensor,
+    out_var: torch.Tensor,
+    out_used: torch.Tensor,
+) -> None:
+    """Write a block's picks, counts and variance path from the picks ``p`` ``[b, s]`` and
+    variance reductions ``r`` ``[b, s]`` of its first ``s <= n`` steps.
+
+    A query stops at its first step whose reduction is not finite (nothing valid left) or,
+    with ``min_gain``, below it: that pick and every later one become ``-1``."""
+    steps = p.shape[1]
     if check_stop:
         keep = _alive_path(r, min_gain)  # [b, steps]  sticky: False from the first failure
         out_used.copy_(keep.sum(dim=1))
@@ -389,6 +393,122 @@ def _greedy_block(
     path = (prior.double().unsqueeze(1) - r.double().cumsum(dim=1)).clamp_min_(0.0)
     out_var[:, :steps] = path
     out_var[:, steps:] = path[:, -1:] if steps else prior.unsqueeze(1)
+
+
+def _compiled_block(
+    q: torch.Tensor,
+    c: torch.Tensor,
+    n: int,
+    lam: float,
+    min_gain: float | None,
+    valid: torch.Tensor | None,
+    forced: torch.Tensor | None,
+    out_idx: torch.Tensor,
+    out_var: torch.Tensor,
+    out_used: torch.Tensor,
+    out_prior: torch.Tensor,
+) -> None:
+    """Greedy SIFT (``forced`` None) or a fixed pick order's variance path for one block on
+    the CPU: Gram rows by batched matmul, steps by :func:`sift_kernel.greedy_path`.
+
+    Same shapes and results as :func:`_greedy_block` / :func:`_run_block` (picks identical
+    up to float near-ties: only the summation order of a Gram row's corrections differs).
+
+    Parallelism: the block is split into one contiguous share per torch thread, and each
+    share runs on its own Python thread as a pipeline over sub-blocks of
+    ``_SUB_BLOCK`` prompts: Gram matmul (one torch thread), target covariances, compiled
+    steps (GIL-free).  Each core works through its share alone, with no OpenMP barrier
+    between stages (after each multi-threaded op, OpenMP's waiting threads spin on the core
+    the next stage needs), and a sub-block's candidates and Gram (~5 + 2.5 MB) are still in
+    cache when its covariances and steps read them.
+    """
+    b = c.shape[0]
+    dt = np.float32 if c.dtype == torch.float32 else np.float64
+    picks = np.empty((b, n), dtype=np.int64)
+    red = np.empty((b, n), dtype=dt)
+    mask = _NO_MASK if valid is None else (~valid).contiguous().numpy()
+    order = _NO_ORDER if forced is None else forced.contiguous().numpy()
+    floor = -math.inf if min_gain is None else float(min_gain)
+
+    def run(share: tuple[int, int]) -> None:
+        for s, e in _spans(share[1] - share[0], _SUB_BLOCK, share[0]):
+            rows, cov, diag_lam = _kernel_inputs(q[s:e], c[s:e], n, lam,
+                                                 None if forced is None else forced[s:e])
+            greedy_path(rows.numpy(), cov.numpy(), diag_lam.numpy(),
+                        mask[s:e] if mask.shape[0] else mask,
+                        order[s:e] if order.shape[0] else order,
+                        n, float(lam), floor, picks[s:e], red[s:e])
+
+    shares = _spans(b, -(-b // _workers(b)))
+    if len(shares) == 1:
+        run(shares[0])
+    else:
+        with _torch_threads(1):  # process-wide in torch; restored when the block is done
+            list(_thread_pool(len(shares)).map(run, shares))
+    out_prior.copy_(q.square().sum(dim=(1, 2)))  # sum_t k(t, t)
+    _finish(torch.from_numpy(picks), torch.from_numpy(red), out_prior, min_gain, True, n,
+            out_idx, out_var, out_used)
+
+
+def _kernel_inputs(
+    q: torch.Tensor, c: torch.Tensor, n: int, lam: float, forced: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The compiled loop's inputs for prompts ``q`` ``[b, m, d]`` and candidates ``c``
+    ``[b, K, d]``: the Gram rows (all ``[b, K, K]``, or the ``[b, n, K]`` rows of a fixed
+    order ``forced``), ``k_0(t, c)`` ``[b, m, K]`` and ``k_0(c, c) + lam`` ``[b, K]``."""
+    b, K, d = c.shape
+    if forced is None:
+        rows = torch.bmm(c, c.transpose(1, 2))  # [b, K, K] the prior Gram (the FLOP floor)
+        diag = rows.diagonal(dim1=1, dim2=2)
+    else:  # only the picks' n Gram rows are needed (n/K of the Gram FLOPs)
+        fpick = forced.clamp_min(0)
+        rows = torch.bmm(c.gather(1, fpick.unsqueeze(2).expand(b, n, d)), c.transpose(1, 2))
+        diag = c.square().sum(dim=2)
+    return rows, _target_cov(q, c).contiguous(), diag + lam
+
+
+def _target_cov(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``k_0(t, c)`` ``[b, m, K]`` (a transposed view) for ``q`` ``[b, m, d]``, ``c``
+    ``[b, K, d]``.  Formed as ``c @ q^T``: with the candidates' rows contiguous along d
+    this is a plain matrix-vector product per prompt, ~30 % faster on the CPU than
+    ``q @ c^T``.  Every kernel uses it, so they start from the same numbers."""
+    return torch.bmm(c, q.transpose(1, 2)).transpose(1, 2)
+
+
+@contextlib.contextmanager
+def _torch_threads(k: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``k`` (process-wide), restored on exit."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+_NO_MASK = np.zeros((0, 0), dtype=np.bool_)
+_NO_ORDER = np.zeros((0, 0), dtype=np.int64)
+#: prompts per sub-block of a thread's share (see :func:`_compiled_block`)
+_SUB_BLOCK = 16
+#: prompts per thread below which another thread costs more than it saves
+_MIN_PROMPTS_PER_THREAD = 8
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _workers(b: int) -> int:
+    """Threads for a block of ``b`` prompts: torch's intra-op thread count, so that the
+    kernel uses the cores the caller gave torch (Ray actors set it per actor)."""
+    return max(1, min(torch.get_num_threads(), b // _MIN_PROMPTS_PER_THREAD))
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of at least ``workers`` threads (grown when asked for more)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        old, _POOL = _POOL, ThreadPoolExecutor(workers, thread_name_prefix="sift")
+        if old is not None:
+            old.shutdown(wait=False)
+    return _POOL
 
 
 def _alive_path(red: torch.Tensor, min_gain: float | None) -> torch.Tensor:
@@ -436,10 +556,15 @@ def _select(
     if block_size is None:
         block_size = DEFAULT_BLOCK_SIZE_CUDA if dev.type == "cuda" else DEFAULT_BLOCK_SIZE
     bs = max(1, int(block_size))
+    compiled = dev.type == "cpu" and _CPU_KERNEL == "compiled"
     with torch.no_grad():
         for s, e in _spans(B, bs):
             vb = None if v is None else v[s:e]
-            if forced_all is None:
+            if compiled:
+                _compiled_block(q[s:e], c[s:e], n, float(lam), min_gain, vb,
+                                None if forced_all is None else forced_all[s:e],
+                                idx[s:e], var[s:e], used[s:e], prior[s:e])
+            elif forced_all is None:
                 _greedy_block(q[s:e], c[s:e], n, float(lam), min_gain, vb,
                               idx[s:e], var[s:e], used[s:e], prior[s:e])
             else:
@@ -448,10 +573,11 @@ def _select(
     return Selection(idx, var, used, prior)
 
 
-def _spans(B: int, block_size: int) -> list[tuple[int, int]]:
-    """``[start, end)`` query ranges of at most ``block_size`` (the benchmark times its Gram
-    floor over the same ranges)."""
-    return [(s, min(B, s + block_size)) for s in range(0, B, block_size)]
+def _spans(B: int, block_size: int, start: int = 0) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of at most ``block_size`` covering ``start .. start + B``
+    (the benchmark times its Gram floor over the same blocks)."""
+    end = start + B
+    return [(s, min(end, s + block_size)) for s in range(start, end, max(1, block_size))]
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ Every property is checked against an independent float64 reference
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -495,3 +497,90 @@ def test_adaptive_stop_and_nnf_errors():
         adaptive_stop(sift_select(q, c, 2), alpha=0.0)
     with pytest.raises(ValueError, match="dup_threshold"):
         nnf_select(q, c, 2, dup_threshold=float("nan"))
+
+
+# ----------------------------------------------------------------------------- CPU kernels
+
+
+@contextlib.contextmanager
+def torch_kernel():
+    """Run the torch loop (the GPU's) on the CPU instead of the compiled one."""
+    import sift_ops.sift as sift_mod
+
+    orig, sift_mod._CPU_KERNEL = sift_mod._CPU_KERNEL, "torch"
+    try:
+        yield
+    finally:
+        sift_mod._CPU_KERNEL = orig
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 10_000),
+    B=st.integers(1, 40),
+    K=st.integers(1, 30),
+    m=st.one_of(st.none(), st.integers(1, 3)),
+    n=st.integers(1, 14),
+    lam=lams,
+    masked=st.booleans(),
+    min_gain=st.one_of(st.none(), st.floats(1e-4, 0.2)),
+    fn=st.sampled_from([sift_select, nn_select, random_select, nnf_select]),
+)
+def test_compiled_kernel_matches_the_torch_kernel(seed, B, K, m, n, lam, masked, min_gain, fn):
+    """The CPU's compiled loop (sift_ops.sift_kernel) and the torch loop (the GPU's) give the
+    same picks, counts and variance paths: greedy, fixed orders, masks, stopping, m > 1."""
+    q, c = make_problem(seed, B, K, 8, m, dup=seed % 2 == 0)
+    # Exact copies: equal gains at the first step, where the lower index must win in both
+    # loops.  Later steps (and m > 1 sums) round a copy's gain differently at a vector's tail
+    # than in its body (BLAS's order, or ours), so there the copies are float near-ties:
+    # either copy is right, and the variance path is the same.
+    exact = seed % 3 == 0 and (m or 1) == 1
+    if exact:
+        h = K // 2
+        c[:, h : 2 * h] = c[:, :h]
+    valid = None
+    if masked:
+        valid = torch.rand(B, K, generator=torch.Generator().manual_seed(seed)) > 0.3
+    kw = {"lam": lam, "min_gain": min_gain, "valid": valid, "dtype": torch.float64,
+          "block_size": 16}
+    compiled = fn(q, c, n, **kw)
+    with torch_kernel():
+        ref = fn(q, c, n, **kw)
+    steps = 1 if exact else n
+    assert torch.equal(compiled.indices[:, :steps], ref.indices[:, :steps])
+    assert torch.equal(compiled.n_used, ref.n_used)
+    torch.testing.assert_close(compiled.variances, ref.variances, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(compiled.prior_variance, ref.prior_variance)
+
+
+def test_compiled_kernel_float32_and_threads_give_the_same_picks():
+    """float32 at the bench's shape: the compiled loop agrees with the torch loop except on
+    float near-ties, and splitting a block over threads changes nothing."""
+    import sift_ops.sift as sift_mod
+
+    q, c = make_problem(21, 96, 200, 48, None, dtype=torch.float32)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sift_select(q, c, 40, 0.01)
+        torch.set_num_threads(4)  # 96 prompts: up to 4 chunks of >= 8 prompts each
+        assert sift_mod._workers(96) == 4
+        many = sift_select(q, c, 40, 0.01)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(one.indices, many.indices)
+    assert torch.equal(one.variances, many.variances)
+    with torch_kernel():
+        ref = sift_select(q, c, 40, 0.01)
+    same = (one.indices == ref.indices).all(dim=1).float().mean().item()
+    assert same >= 0.95, same
+    torch.testing.assert_close(one.variances, ref.variances, rtol=1e-4, atol=1e-5)
+
+
+def test_ties_go_to_the_lower_index_in_both_kernels():
+    c = torch.ones(2, 4, 3, dtype=torch.float64) / 3**0.5  # four identical candidates
+    q = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    compiled = sift_select(q, c, 3, 0.1)
+    with torch_kernel():
+        ref = sift_select(q, c, 3, 0.1)
+    assert compiled.indices.tolist() == ref.indices.tolist() == [[0, 0, 0], [0, 0, 0]]
