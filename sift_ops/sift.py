@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -443,7 +444,9 @@ def _compiled_block(
     if len(shares) == 1:
         run(shares[0])
     else:
-        with _torch_threads(1):  # process-wide in torch; restored when the block is done
+        # torch's thread count is process-wide: one caller at a time sets and restores it
+        # (two interleaved callers could otherwise leave it at 1)
+        with _THREADS_LOCK, _torch_threads(1):
             list(_thread_pool(len(shares)).map(run, shares))
     out_prior.copy_(q.square().sum(dim=(1, 2)))  # sum_t k(t, t)
     _finish(torch.from_numpy(picks), torch.from_numpy(red), out_prior, min_gain, True, n,
@@ -493,6 +496,7 @@ _SUB_BLOCK = 16
 #: prompts per thread below which another thread costs more than it saves
 _MIN_PROMPTS_PER_THREAD = 8
 _POOL: ThreadPoolExecutor | None = None
+_THREADS_LOCK = threading.Lock()
 
 
 def _workers(b: int) -> int:

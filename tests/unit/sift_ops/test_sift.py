@@ -584,3 +584,22 @@ def test_ties_go_to_the_lower_index_in_both_kernels():
     with torch_kernel():
         ref = sift_select(q, c, 3, 0.1)
     assert compiled.indices.tolist() == ref.indices.tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_concurrent_callers_get_the_same_picks_and_leave_the_thread_count():
+    """Two Python threads calling sift_select at once (e.g. two Prefect tasks in one
+    process): same picks as one call alone, and torch's thread count restored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    q, c = make_problem(8, 64, 60, 16, None, dtype=torch.float32)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        alone = sift_select(q, c, 20, 0.01)
+        with ThreadPoolExecutor(4) as ex:
+            results = list(ex.map(lambda _: sift_select(q, c, 20, 0.01), range(8)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
+    for r in results:
+        assert torch.equal(r.indices, alone.indices)
