@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.evaluation import evaluate as ev
 from tasks.reporting import artifacts
 from tasks.reporting.eval_plots import strategy_points
+from tasks.runtime.atomic import atomic_path
 from tasks.runtime.progress import progress_bar
 from tasks.runtime.workspace import CorpusPaths
 from tasks.selection.select import DEFAULT_ALPHA, DEFAULT_DUP_THRESHOLD
@@ -211,7 +212,8 @@ def store_results(db_file: Path, run_id: str, out_dir: Path, rows: list[dict[str
     records, per_seed = summarize(rows, n)
     db.replace_run_rows(db_file, "evaluations", run_id,
                         ev.evaluation_rows(run_id, "ttt", records))
-    with open(out_dir / "ttt_documents.jsonl", "w", encoding="utf-8") as fh:
+    with atomic_path(out_dir / "ttt_documents.jsonl") as tmp, \
+            open(tmp, "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
     return per_seed, {"table": strategy_table(records, per_seed),
