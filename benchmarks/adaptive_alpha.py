@@ -10,39 +10,25 @@ quartiles, max) and the uncertainty sigma_N relative to the prior.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+from exact_candidates import corpus_options, exact_candidates
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workspace", required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--queries", required=True)
-    ap.add_argument("--k", type=int, default=200)
+    ap = corpus_options()
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--lam", type=float, default=0.01)
     a = ap.parse_args()
 
-    from sift_ops.embedding import TextEncoder
     from sift_ops.sift import adaptive_stop, sift_select
-    from tasks.selection.select import load_queries
 
-    corpus = Path(a.workspace) / "corpora" / a.name
-    manifest = json.loads((corpus / "manifest.json").read_text())
-    t = pq.read_table(sorted((corpus / "embeddings").glob("*.parquet")), columns=["embedding"])
-    emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
-    q = load_queries(a.queries)
-    qe = TextEncoder(manifest["model"], max_tokens=manifest["max_tokens"]).encode(q.texts)
-    top = np.argsort(-(qe @ emb.T), axis=1)[:, : a.k]
-    sel = sift_select(torch.from_numpy(qe), torch.from_numpy(emb[top]), a.n, a.lam)
+    c = exact_candidates(a.workspace, a.name, a.queries, a.k)
+    sel = sift_select(torch.from_numpy(c.query_emb), torch.from_numpy(c.emb[c.top]), a.n, a.lam)
     sigma_n = (sel.variances[:, -1] / sel.prior_variance).sqrt()
-    print(json.dumps({"prompts": len(q.ids), "n": a.n, "k": a.k, "lam": a.lam,
+    print(json.dumps({"prompts": c.prompts, "n": a.n, "k": a.k, "lam": a.lam,
                       "sigma_N_quartiles": np.quantile(sigma_n.numpy(), [0, .25, .5, .75, 1])
                       .round(3).tolist()}))
     for alpha in (0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3):

@@ -13,35 +13,19 @@ at that threshold catches and the share of distinct pairs it wrongly drops.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+from exact_candidates import corpus_options, exact_candidates
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workspace", required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--queries", required=True)
-    ap.add_argument("--k", type=int, default=200)
-    a = ap.parse_args()
+    a = corpus_options().parse_args()
 
-    from sift_ops.embedding import TextEncoder
     from tasks.evaluation.evaluate import NEAR_DUP_JACCARD, _shingles
-    from tasks.selection.select import load_queries
 
-    corpus = Path(a.workspace) / "corpora" / a.name
-    manifest = json.loads((corpus / "manifest.json").read_text())
-    t = pq.read_table(sorted((corpus / "embeddings").glob("*.parquet")),
-                      columns=["text", "embedding"])
-    texts = t.column("text").to_pylist()
-    emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
-    q = load_queries(a.queries)
-    qe = TextEncoder(manifest["model"], max_tokens=manifest["max_tokens"]).encode(q.texts)
-    top = np.argsort(-(qe @ emb.T), axis=1)[:, : a.k]
+    cand = exact_candidates(a.workspace, a.name, a.queries, a.k, columns=("text", "embedding"))
+    texts, emb, top = cand.table.column("text").to_pylist(), cand.emb, cand.top
     sims: dict[str, list[float]] = {"exact": [], "near": [], "distinct": []}
     for row in top:
         c = emb[row]
@@ -58,7 +42,7 @@ def main() -> None:
                 sims["distinct"].append(float(v))
     arr = {k: np.asarray(v) for k, v in sims.items()}
     print(json.dumps({"pairs": {k: len(v) for k, v in arr.items()},
-                      "chunks": len(texts), "prompts": len(q.ids), "k": a.k,
+                      "chunks": len(texts), "prompts": cand.prompts, "k": a.k,
                       "min_sim": {k: round(float(v.min()), 4) for k, v in arr.items() if len(v)},
                       "quantiles_near": np.quantile(arr["near"], [0.01, 0.05, 0.5]).round(4)
                       .tolist() if len(arr["near"]) else None,

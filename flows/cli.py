@@ -49,13 +49,21 @@ def _setup(workspace: str | None) -> str:
     return os.environ["SIFT_WORKSPACE"]
 
 
-def _params(model: str, options: dict, **renamed):
-    """The verb's options (its ``locals()``, with ``renamed`` ones under the flow's names)
-    as the flow's parameter model of :mod:`flows.params`: validated before any work, with
-    an error naming the option."""
+def _run(flow: str, model: str, options: dict, **renamed) -> dict:
+    """Run the flow of module ``flows.<flow>`` with the verb's options (its ``locals()``,
+    with ``renamed`` ones under the flow's names) passed through the flow's parameter model
+    ``flows.params.<model>``: validated before any work, with an error naming the option.
+    The flow's control arguments (``model.CONTROL``: ``workspace``, ``run_id``) come from
+    the options too, the workspace as configured."""
+    import importlib
+
+    ws = _setup(options.get("workspace"))  # before Prefect (or anything else) is imported
+    run = getattr(importlib.import_module(f"flows.{flow}"), f"{flow}_flow")
     from flows import params
 
-    return getattr(params, model).of({**options, **renamed})
+    p = getattr(params, model).of({**options, **renamed})
+    control = {k: ws if k == "workspace" else options.get(k) for k in p.CONTROL}
+    return run(**p.flow_kwargs(), **control)
 
 
 def _show(result: dict) -> None:
@@ -80,11 +88,10 @@ def sample(
     workspace: Workspace = None,
 ) -> None:
     """Build the bundled mini-Pile (.jsonl.zst), held-out prompts and an instruction pool."""
-    ws = _setup(workspace)
-    from flows.sample import sample_flow
+    from tasks.runtime.workspace import workspace_root
 
-    params = _params("SampleParams", locals(), out=str(out or Path(ws) / "sample"))
-    _show(sample_flow(**params.flow_kwargs()))
+    _show(_run("sample", "SampleParams", locals(),
+               out=str(out or workspace_root(workspace) / "sample")))
 
 
 @app.command()
@@ -102,7 +109,8 @@ def embed(
         "8192 on CPU)")] = None,
     dtype: Annotated[str | None, typer.Option(
         help="Encoder dtype: auto (float32 on CPU; bf16, else fp16, on CUDA, checked "
-        "against float32 at cosine >= 0.999), float32, bfloat16 or float16")] = None,
+        "against float32 at cosine >= 0.999), float32 (fp32), bfloat16 (bf16) or "
+        "float16 (fp16)")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Chunk length in tokens (default and "
                                                    "maximum: the encoder's)")] = None,
     shard_docs: Annotated[int, typer.Option(help="Input lines per Parquet shard (fixed for a "
@@ -117,11 +125,7 @@ def embed(
     workspace: Workspace = None,
 ) -> None:
     """Chunk and embed a corpus into Parquet shards with Ray Data (resumable)."""
-    ws = _setup(workspace)
-    from flows.embed import embed_flow
-
-    params = _params("EmbedParams", locals())
-    _show(embed_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
+    _show(_run("embed", "EmbedParams", locals()))
 
 
 @app.command()
@@ -158,11 +162,7 @@ def index(
 ) -> None:
     """Build or extend the corpus index: one trained faiss model in partitions, recall
     measured against exact search (GPU faiss when available)."""
-    ws = _setup(workspace)
-    from flows.index import index_flow
-
-    params = _params("IndexParams", locals())
-    _show(index_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
+    _show(_run("index", "IndexParams", locals()))
 
 
 @app.command("import-embeddings")
@@ -188,11 +188,7 @@ def import_embeddings(
     workspace: Workspace = None,
 ) -> None:
     """Register a corpus from embeddings you already have (Parquet), for index and select."""
-    ws = _setup(workspace)
-    from flows.import_embeddings import import_embeddings_flow
-
-    params = _params("ImportEmbeddingsParams", locals(), source=from_)
-    _show(import_embeddings_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
+    _show(_run("import_embeddings", "ImportEmbeddingsParams", locals(), source=from_))
 
 
 @app.command()
@@ -233,11 +229,7 @@ def select(
     workspace: Workspace = None,
 ) -> None:
     """Select data for each prompt (SIFT, nearest neighbours or random) into DuckDB."""
-    ws = _setup(workspace)
-    from flows.select import select_flow
-
-    params = _params("SelectParams", locals())
-    _show(select_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
+    _show(_run("select", "SelectParams", locals()))
 
 
 @app.command()
@@ -250,10 +242,7 @@ def demo(
     n_queries: Annotated[int, typer.Option(help="Held-out prompts")] = 64,
 ) -> None:
     """The whole path on the bundled sample: sample, embed, index, select (sift and nn)."""
-    ws = _setup(workspace)
-    from flows.demo import demo_flow
-
-    demo_flow(**_params("DemoParams", locals()).flow_kwargs(), workspace=ws)
+    _run("demo", "DemoParams", locals())  # the flow prints its report
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -266,6 +255,12 @@ def _ints(text: str | None) -> list[int] | None:
 
 def _names(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _repeated(values: list[str] | None) -> list[str] | None:
+    """A repeatable option whose values may also be comma-separated, flattened (None for
+    none given: the model's default)."""
+    return [n for v in (values or []) for n in _names(v) or []] or None
 
 
 @app.command("eval-ttt")
@@ -317,12 +312,8 @@ def eval_ttt(
 
     Larger run (e.g. on a GPU machine): --n-docs 64 --n 50 --seeds 0,1,2,3,4.
     """
-    ws = _setup(workspace)
-    from flows.eval_ttt import eval_ttt_flow
-    from flows.params import EvalTTTParams
-
-    p = EvalTTTParams.of({**locals(), "seeds": _ints(seeds), "strategies": _names(strategies)})
-    _show(eval_ttt_flow(workspace=ws, run_id=run_id, **p.flow_kwargs()))
+    _show(_run("eval_ttt", "EvalTTTParams", locals(), seeds=_ints(seeds),
+               strategies=_names(strategies)))
 
 
 @app.command("eval-budget")
@@ -342,7 +333,8 @@ def eval_budget(
         "scoring of every selection-pool prompt (all ten at the defaults take hours on 2 "
         "CPU cores): mean_entropy, max_entropy, least_confidence, mean_margin, "
         "min_margin (most uncertain greedy answer of the base LM first) and "
-        "uncertainty_facility_location (facility location weighted by mean_entropy)")]
+        "uncertainty_facility_location (facility location weighted by mean_entropy); "
+        "also nn-f (nearest neighbours of the test prompts, near-duplicates skipped)")]
     = "random,k_center,facility_location,sift",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each draws its own "
                                        "pool/test split and random order")] = "0,1,2",
@@ -377,13 +369,8 @@ def eval_budget(
     --strategies random,k_center,facility_location,sift,mean_entropy,max_entropy,\
 least_confidence,mean_margin,min_margin,uncertainty_facility_location
     """
-    ws = _setup(workspace)
-    from flows.eval_budget import eval_budget_flow
-    from flows.params import EvalBudgetParams
-
-    p = EvalBudgetParams.of({**locals(), "budgets": _floats(budgets),
-                             "strategies": _names(strategies), "seeds": _ints(seeds)})
-    _show(eval_budget_flow(workspace=ws, run_id=run_id, **p.flow_kwargs()))
+    _show(_run("eval_budget", "EvalBudgetParams", locals(), budgets=_floats(budgets),
+               strategies=_names(strategies), seeds=_ints(seeds)))
 
 
 @app.command()
@@ -403,7 +390,8 @@ def rank(
     strategy: Annotated[list[str] | None, typer.Option(
         help="Repeat or comma-separate for several (compared in one run): random, "
         "mean_entropy, max_entropy, least_confidence, mean_margin, min_margin, k_center, "
-        "facility_location, uncertainty_facility_location, sift. Default: random, "
+        "facility_location, uncertainty_facility_location, sift, nn-f (nearest "
+        "neighbours of the targets, near-duplicates skipped). Default: random, "
         "mean_entropy, k_center, facility_location")] = None,
     targets: Annotated[str | None, typer.Option(help="Target prompts for sift (JSONL with "
                                                 "text/prompt/query/instruction, or one "
@@ -424,7 +412,8 @@ def rank(
     max_new_tokens: Annotated[int, typer.Option(help="Greedy answer length cap (tokens)")]
     = 64,
     uncertainty_metric: Annotated[str, typer.Option(
-        help="Metric behind uncertainty_facility_location and --allocation uncertainty")]
+        help="Metric behind uncertainty_facility_location and --allocation uncertainty: "
+        "mean_entropy, max_entropy, least_confidence, mean_margin or min_margin")]
     = "mean_entropy",
     corpus: Annotated[str | None, typer.Option(help="Embed prompts with this embedded "
                                                "corpus's encoder (same space as the "
@@ -449,12 +438,7 @@ def rank(
     workspace: Workspace = None,
 ) -> None:
     """Rank an unlabeled instruction pool for annotation under a budget (DuckDB + plots)."""
-    ws = _setup(workspace)
-    from flows.rank import rank_flow
-
-    names = [n for s in (strategy or []) for n in _names(s) or []] or None
-    params = _params("RankParams", locals(), strategies=names)
-    _show(rank_flow(**params.flow_kwargs(), workspace=ws, run_id=run_id))
+    _show(_run("rank", "RankParams", locals(), strategies=_repeated(strategy)))
 
 
 @app.command()
@@ -485,11 +469,7 @@ def handoff(
 ) -> None:
     """Hand a rank run's selection to annotators: files (one per batch, plus a manifest) or
     a Label Studio project (one import per batch; reruns import nothing twice)."""
-    ws = _setup(workspace)
-    from flows.handoff import handoff_flow
-
-    params = _params("HandoffParams", locals())
-    _show(handoff_flow(**params.flow_kwargs(), workspace=ws))
+    _show(_run("handoff", "HandoffParams", locals()))
 
 
 @app.command()
@@ -506,11 +486,7 @@ def collect(
     replace, deleted ones are marked); budgets and the next rank count them."""
     if not (run or project):
         raise typer.BadParameter("give --run or --project")
-    ws = _setup(workspace)
-    from flows.collect import collect_flow
-
-    params = _params("CollectParams", locals())
-    _show(collect_flow(**params.flow_kwargs(), workspace=ws))
+    _show(_run("collect", "CollectParams", locals()))
 
 
 @app.command("curation-run")
@@ -572,25 +548,18 @@ def curation_run(
 ) -> None:
     """The scheduled curation job once: embed new shards, index new vectors, rank the pool
     under the budget, hand off. With no options it curates the bundled sample."""
+    # every option but --config / --job is a field of CurationJob (a test holds them
+    # together); one given overrides the jobs file's value, one left out keeps it
+    given = {**locals(), "strategies": _repeated(strategy)}
     ws = _setup(workspace)
     from flows.curation_run import curation_run_flow
-    from flows.jobs import find_job, load_jobs, validate_job
+    from flows.jobs import CurationJob, find_job, load_jobs, validate_job
 
     if job and not config:
         raise typer.BadParameter("--job needs --config")
     base = find_job(load_jobs(config), job, str(config)).job.parameters() if config else {}
-    names = [n for s in (strategy or []) for n in _names(s) or []] or None
-    given = {"corpus": corpus, "corpus_name": corpus_name, "pool": pool,
-             "pool_name": pool_name, "budget": budget, "unit": unit, "strategies": names,
-             "handoff_strategy": handoff_strategy, "handoff_format": handoff_format,
-             "allocation": allocation, "batch_size": batch_size, "targets": targets,
-             "lm": lm, "factory": factory, "memory_budget": memory_budget,
-             "target_recall": target_recall, "shard_docs": shard_docs,
-             "ray_address": ray_address, "handoff_to": handoff_to,
-             "label_studio_url": label_studio_url,
-             "label_studio_project": label_studio_project, "collect_first": collect_first}
-    params = validate_job({**base, **{k: v for k, v in given.items() if v is not None}},
-                          "options").model_dump()
+    given = {k: v for k, v in given.items() if k in CurationJob.model_fields and v is not None}
+    params = validate_job({**base, **given}, "options").model_dump()
     _show(curation_run_flow(**params, workspace=ws))
 
 

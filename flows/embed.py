@@ -13,9 +13,7 @@ from prefect import flow
 from flows.params import EmbedParams
 from tasks.corpus.embed import EmbedConfig
 from tasks.corpus.steps import embed_artifact, embed_shards, register_corpus
-from tasks.runtime.locks import hold
-from tasks.runtime.workspace import db_path, lock_path
-from tasks.storage.runs import make_run_id, tracked_run
+from tasks.storage.runs import corpus_run, make_run_id
 
 _D = EmbedParams.default
 
@@ -49,8 +47,7 @@ def embed_flow(
     p = EmbedParams.of(locals())
     cfg = EmbedConfig(**p.model_dump(exclude={"corpus", "name"}))
     rid = make_run_id("embed", p.run_key(), run_id)
-    with hold(lock_path(workspace, "corpus", name), f"corpus {name!r}"), \
-            tracked_run(db_path(workspace), rid, "embed", p.run_key()) as rec:
+    with corpus_run(workspace, name, rid, "embed", p.run_key()) as rec:
         summary = embed_shards(p.corpus, workspace, name, cfg)
         manifest = register_corpus(workspace, name)
         new_shards = summary.pop("new_shards")

@@ -12,9 +12,7 @@ from prefect import flow
 
 from flows.params import ImportEmbeddingsParams
 from tasks.corpus.steps import import_artifact, import_vectors, register_corpus
-from tasks.runtime.locks import hold
-from tasks.runtime.workspace import db_path, lock_path
-from tasks.storage.runs import make_run_id, tracked_run
+from tasks.storage.runs import corpus_run, make_run_id
 
 _D = ImportEmbeddingsParams.default
 
@@ -41,8 +39,7 @@ def import_embeddings_flow(
     """
     p = ImportEmbeddingsParams.of(locals())
     rid = make_run_id("import-embeddings", p.run_key(), run_id)
-    with hold(lock_path(workspace, "corpus", name), f"corpus {name!r}"), \
-            tracked_run(db_path(workspace), rid, "import-embeddings", p.run_key()) as rec:
+    with corpus_run(workspace, name, rid, "import-embeddings", p.run_key()) as rec:
         summary = import_vectors(p.source, workspace, name, p.id_column, p.embedding_column,
                                  p.text_column, p.source_column, p.model, p.shard_rows)
         manifest = register_corpus(workspace, name)

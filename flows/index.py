@@ -12,9 +12,7 @@ from prefect import flow
 
 from flows.params import IndexParams
 from tasks.index.steps import build_corpus_index, index_artifact
-from tasks.runtime.locks import hold
-from tasks.runtime.workspace import db_path, lock_path
-from tasks.storage.runs import make_run_id, tracked_run
+from tasks.storage.runs import corpus_run, make_run_id
 
 _D = IndexParams.default
 
@@ -34,8 +32,7 @@ def index_flow(name: str, workspace: str | None = None, factory: str = _D("facto
     Shards embedded since the last build are added; finished blocks are kept."""
     p = IndexParams.of(locals())
     rid = make_run_id("index", p.run_key(), run_id)
-    with hold(lock_path(workspace, "corpus", name), f"corpus {name!r}"), \
-            tracked_run(db_path(workspace), rid, "index", p.run_key()) as rec:
+    with corpus_run(workspace, name, rid, "index", p.run_key()) as rec:
         rec.summary = build_corpus_index(workspace, name, p.factory, p.memory_budget,
                                          p.target_recall, p.recall_k, p.train_size,
                                          p.block_vectors, p.store_dtype, p.rebuild,

@@ -25,14 +25,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic import model_validator as _model_validator
 
-from flows.params import explain
-from sift_ops.budget import ALLOCATIONS
-from sift_ops.pool_strategies import STRATEGIES
+# the choices are the flows' own (one definition each, in flows/params.py)
+from flows.params import (
+    NAME_PATTERN,
+    Allocation,
+    HandoffFormat,
+    HandoffTo,
+    Unit,
+    explain,
+)
+from flows.params import PoolStrategy as Strategy
 
 NIGHTLY = "nightly"
 NIGHTLY_CRON = "0 3 * * *"
@@ -43,13 +50,6 @@ SAMPLE_POOL = "sample-pool"
 #: corpus keeps its shard size for life, so the demo and the default job must agree
 SAMPLE_SHARD_DOCS = 250
 DEFAULT_SHARD_DOCS = 2000
-
-Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
-Unit = Literal["items", "tokens"]
-Allocation = Literal[ALLOCATIONS]  # type: ignore[valid-type]
-HandoffFormat = Literal["labelstudio", "jsonl", "csv"]
-HandoffTo = Literal["files", "label-studio"]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as tasks.runtime.workspace.check_name
 
 
 class ConfigError(ValueError):

@@ -269,6 +269,8 @@ PoolStrategy = Literal[POOL_STRATEGIES]  # type: ignore[valid-type]
 Allocation = Literal[ALLOCATIONS]  # type: ignore[valid-type]
 UncertaintyMetric = Literal[UNCERTAINTY_KEYS]  # type: ignore[valid-type]
 Unit = Literal["items", "tokens"]
+HandoffFormat = Literal["labelstudio", "jsonl", "csv"]
+HandoffTo = Literal["files", "label-studio"]
 RANK_DEFAULT_STRATEGIES = ("random", "mean_entropy", "k_center", "facility_location")
 
 
@@ -325,11 +327,11 @@ class HandoffParams(FlowParams):
     CONTROL: ClassVar[frozenset[str]] = frozenset({"workspace"})
 
     run: str
-    format: Literal["labelstudio", "jsonl", "csv"] = "labelstudio"
+    format: HandoffFormat = "labelstudio"
     out: str | None = None
     strategy: PoolStrategy | None = None  # type: ignore[valid-type]
     force: bool = False
-    to: Literal["files", "label-studio"] = "files"
+    to: HandoffTo = "files"
     url: str | None = None
     project: str | None = None
 

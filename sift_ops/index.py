@@ -13,7 +13,9 @@ exact float vector and the corpus ``doc_id`` are read. How the pieces fit:
     merge_results                     -> global top-K over partitions (faiss.ResultHeap)
 
 GPU faiss is used for training and exhaustive search when the installed faiss reports
-GPUs (faiss-gpu); CPU otherwise.
+GPUs (faiss-gpu); CPU otherwise. Index files are written by :mod:`tasks.index.build`
+(atomically, through :mod:`tasks.runtime.atomic`); ``merge_ivf_ondisk`` writes the one
+file faiss itself must write, a partition's inverted lists.
 """
 
 from __future__ import annotations
@@ -243,14 +245,6 @@ def merge_ivf_ondisk(template: bytes, block_files: list[str | Path],
     ivf.replace_invlists(lists, True)
     lists.this.disown()
     return index
-
-
-def write_index(index: faiss.Index, path: str | Path) -> None:
-    """Write atomically: a crash never leaves a truncated index under the final name."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(path)
 
 
 def read_index(path: str | Path, mmap: bool = False) -> faiss.Index:

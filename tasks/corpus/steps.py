@@ -4,17 +4,16 @@ I/O they wrap (:mod:`tasks.corpus.embed`, :mod:`tasks.corpus.import_embeddings`)
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
 from tasks.corpus.embed import EmbedConfig, run_embedding
 from tasks.corpus.import_embeddings import discover_embedding_files, import_embeddings
 from tasks.reporting import artifacts
+from tasks.runtime.progress import progress_bar
 from tasks.runtime.retry import TRANSIENT_RETRIES
 from tasks.runtime.workspace import CorpusPaths, db_path
 from tasks.storage import db
@@ -26,10 +25,9 @@ def embed_shards(corpus: str, workspace: str | None, name: str, cfg: EmbedConfig
     quarantined lines named in the log."""
     logger = get_run_logger()
     paths = CorpusPaths(workspace, name)
-    bar = tqdm(desc=f"embed {name}", unit="shard", file=sys.stderr, dynamic_ncols=True)
     totals = {"chunks": 0, "bad": 0}
 
-    def progress(row: dict) -> None:
+    def progress(row: dict) -> None:  # one call per finished shard, while `bar` is open
         totals["chunks"] += row["n_chunks"]
         totals["bad"] += row["n_bad"]
         bar.update(1)
@@ -46,10 +44,8 @@ def embed_shards(corpus: str, workspace: str | None, name: str, cfg: EmbedConfig
                 logger.warning("quarantined %s:%d: %s", bad["file"], bad["line"],
                                bad["reason"])
 
-    try:
+    with progress_bar(f"embed {name}", "shard") as bar:
         summary = run_embedding(corpus, paths, cfg, progress)
-    finally:
-        bar.close()
     if summary["bad_lines_this_run"]:
         logger.warning(
             "%d bad input lines quarantined this run (%d in the corpus); see %s",
@@ -110,16 +106,12 @@ def import_vectors(source: str, workspace: str | None, name: str, id_column: str
     paths = CorpusPaths(workspace, name)
     files = discover_embedding_files(source)
     logger.info("importing %d Parquet file(s) from %s into corpus %r", len(files), source, name)
-    bar = tqdm(desc=f"import {name}", unit="row", unit_scale=True, total=_total_rows(files),
-               file=sys.stderr, dynamic_ncols=True)
-    try:
+    with progress_bar(f"import {name}", "row", _total_rows(files), unit_scale=True) as bar:
         summary = import_embeddings(
             paths, source, id_column=id_column, embedding_column=embedding_column,
             text_column=text_column, source_column=source_column, model=model,
             shard_rows=shard_rows, progress=bar.update,
         )
-    finally:
-        bar.close()
     logger.info("corpus %s: %d of %d rows imported (%d-d) into %d shards in %.1f s; "
                 "%d normalised", name, summary["rows_imported"], summary["rows_read"],
                 summary["dim"], summary["shards"], summary["seconds"], summary["n_normalised"])

@@ -13,16 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
 from sift_ops.generation import SCORE_KEYS
 from sift_ops.pool_strategies import LM_STRATEGIES, needs_lm
@@ -31,6 +30,7 @@ from tasks.evaluation import evaluate as ev
 from tasks.reporting import artifacts
 from tasks.reporting.eval_plots import budget_curves
 from tasks.runtime.atomic import atomic_path
+from tasks.runtime.progress import progress_bar
 from tasks.storage import db
 
 #: {seed: (selection-pool indices, test indices)} into the run's pool pairs
@@ -108,10 +108,8 @@ def score_pool_uncertainty(lm: str | None, cache_dir: str, prompts: list[str], *
     out = {k: np.full(n, np.nan) for k in SCORE_KEYS}
     order = np.argsort([len(p) for p in prompts], kind="stable")
     step = 4 * gen_batch_size
-    bar = tqdm(total=n, desc="LM uncertainty", unit="item", file=sys.stderr,
-               dynamic_ncols=True)
     t0 = time.perf_counter()
-    try:
+    with progress_bar("LM uncertainty", "item", n) as bar:
         for s in range(0, n, step):
             rows = order[s:s + step]
             part = greedy_scores(model, tok, [prompts[i] for i in rows],
@@ -119,8 +117,6 @@ def score_pool_uncertainty(lm: str | None, cache_dir: str, prompts: list[str], *
             for k in SCORE_KEYS:
                 out[k][rows] = part[k]
             bar.update(len(rows))
-    finally:
-        bar.close()
     secs = time.perf_counter() - t0
     stats = {"items": n, "seconds": round(secs, 1), "items_per_s": n / secs if secs else 0.0,
              "max_new_tokens": max_new_tokens,
@@ -255,11 +251,10 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
                                                            for j in s}]}
     n_train = sum(len(s) for p in plan.values() for s in p["sets"].values()) * epochs
     n_eval = sum((len(p["sets"]) + 1) * len(p["test"]) for p in plan.values())
-    bar = tqdm(total=n_train + n_eval, desc="sft + test loss", unit="example",
-               file=sys.stderr, dynamic_ncols=True)
-    out = open(results_file, "a", encoding="utf-8") if results_file else None  # noqa: SIM115
     rows: list[dict[str, Any]] = []
-    try:
+    checkpoint = (open(results_file, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+                  if results_file else nullcontext())
+    with progress_bar("sft + test loss", "example", n_train + n_eval) as bar, checkpoint as out:
         for seed, p in plan.items():
             test_ids = [pairs[i].item_id for i in p["test"]]
             test = [enc[i] for i in p["test"]]
@@ -298,10 +293,6 @@ def finetune_on_budgets(lm: str | None, cache_dir: str, pairs: list[ev.PoolPair]
                 bar.set_postfix({"seed": seed, strategy: f"{frac:g}:{nll / count:.3f}"})
         if not ft.same_weights(model, base):
             raise RuntimeError("model weights differ from the base after the evaluation")
-    finally:
-        bar.close()
-        if out is not None:
-            out.close()
     return rows
 
 

@@ -10,7 +10,6 @@ run's documents and stores what it measured.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
 from tasks.evaluation import evaluate as ev
 from tasks.reporting import artifacts
 from tasks.reporting.eval_plots import strategy_points
+from tasks.runtime.atomic import atomic_path
+from tasks.runtime.progress import progress_bar
 from tasks.runtime.workspace import CorpusPaths
 from tasks.selection.select import DEFAULT_ALPHA, DEFAULT_DUP_THRESHOLD
 from tasks.storage import db
@@ -102,9 +102,7 @@ def finetune_and_score(lm: str | None, cache_dir: str, docs_by_seed: dict[int, l
     base = ft.snapshot(model)
     total = sum(len(d) for d in docs_by_seed.values())
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=total, desc="ttt documents", unit="doc", file=sys.stderr,
-               dynamic_ncols=True)
-    try:
+    with progress_bar("ttt documents", "doc", total) as bar:
         for seed, docs in docs_by_seed.items():
             for i, doc in enumerate(docs):
                 selected = {s: sel["texts"][i] for s, sel in selections[seed].items()}
@@ -127,8 +125,6 @@ def finetune_and_score(lm: str | None, cache_dir: str, docs_by_seed: dict[int, l
                 bar.set_postfix({r["strategy"]: f"{r['bpb']:.3f}" for r in doc_rows})
         if not ft.same_weights(model, base):  # every branch restored; prove it
             raise RuntimeError("model weights differ from the base after the evaluation")
-    finally:
-        bar.close()
     return rows
 
 
@@ -216,7 +212,8 @@ def store_results(db_file: Path, run_id: str, out_dir: Path, rows: list[dict[str
     records, per_seed = summarize(rows, n)
     db.replace_run_rows(db_file, "evaluations", run_id,
                         ev.evaluation_rows(run_id, "ttt", records))
-    with open(out_dir / "ttt_documents.jsonl", "w", encoding="utf-8") as fh:
+    with atomic_path(out_dir / "ttt_documents.jsonl") as tmp, \
+            open(tmp, "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
     return per_seed, {"table": strategy_table(records, per_seed),

@@ -34,7 +34,7 @@ from sift_ops import index as fx
 from tasks.corpus.lookup import embedding_matrix
 from tasks.index.search_service import SearchService
 from tasks.index.vector_store import VectorStore, doc_ids_file, vectors_file
-from tasks.runtime.atomic import replace_durably, write_json_atomic
+from tasks.runtime.atomic import atomic_path, replace_durably, write_json_atomic
 from tasks.runtime.workspace import CorpusPaths
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,15 @@ HOLDOUT_QUERIES = 1000
 RERANK_FACTORS = (1, 2, 4, 8, 16)
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 EF_SEARCHES = (16, 32, 64, 128, 256, 512)
+
+
+def write_index(index: Any, path: Path) -> None:
+    """``faiss.write_index`` through :func:`tasks.runtime.atomic.atomic_path`: a reader
+    (or a resumed build) finds the old file or the whole new one, never a truncated index."""
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def _dirs(paths: CorpusPaths) -> dict[str, Path]:
@@ -241,7 +250,7 @@ def build_block(corpus_root: str, block: dict, dim: int, kind: str,
     replace_durably(vec_tmp, vectors_file(d["store"], b))
     replace_durably(ids_tmp, doc_ids_file(d["store"], b))
     if index is not None:
-        fx.write_index(index, d["blocks"] / f"block-{b:05d}.faiss")
+        write_index(index, d["blocks"] / f"block-{b:05d}.faiss")
     stats = {"block": b, "n": block["n"], "shards": len(block["shards"]),
              "seconds": time.perf_counter() - t0}
     write_json_atomic(d["blocks"] / f"block-{b:05d}.json", stats)
@@ -271,7 +280,7 @@ def build_partition(corpus_root: str, plan: dict, partition: dict,
         store = VectorStore(d["store"], blocks, plan["dim"])
         for x, first in store.iter_chunks():
             index.add_with_ids(x, np.arange(first, first + len(x), dtype=np.int64))
-    fx.write_index(index, target)
+    write_index(index, target)
     n = int(index.ntotal)
     del index
     size = sum(f.stat().st_size for f in d["partitions"].glob(f"part-{p:05d}.*")
@@ -507,7 +516,7 @@ def build_index(paths: CorpusPaths, factory: str = "auto", *,
                      len(sample), len(shards))
             fx.train_index(template_index, sample)
             trained_on = len(sample)
-            fx.write_index(template_index, paths.trained)
+            write_index(template_index, paths.trained)
             del sample
     train_seconds = time.perf_counter() - t0
     trainable = fx.needs_training(fx.new_index(dim, plan["factory"]))

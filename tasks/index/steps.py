@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import json
-import sys
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
 from tasks.index.build import build_index
 from tasks.reporting import artifacts
+from tasks.runtime.progress import new_bar
 from tasks.runtime.retry import TRANSIENT_RETRIES
 from tasks.runtime.workspace import CorpusPaths
 
@@ -25,12 +25,11 @@ def build_corpus_index(workspace: str | None, name: str, factory: str, memory_bu
     build_index`), with a progress bar per stage (blocks, partitions)."""
     logger = get_run_logger()
     paths = CorpusPaths(workspace, name)
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, Any] = {}  # one tqdm bar per stage, opened at its first row
 
     def progress(stage: str, row: dict) -> None:
         if stage not in bars:
-            bars[stage] = tqdm(desc=f"index {name}: {stage}s", unit=stage, file=sys.stderr,
-                               dynamic_ncols=True)
+            bars[stage] = new_bar(f"index {name}: {stage}s", stage)
         bars[stage].update(1)
         if stage == "block":
             logger.info("block %d: %d vectors from %d shards in %.1fs", row["block"],

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
 from sift_ops.budget import item_costs
 from sift_ops.generation import SCORE_KEYS
@@ -41,6 +39,7 @@ from tasks.pool.items import (
 from tasks.pool.lm_scoring import embed_pool, score_pool
 from tasks.reporting import artifacts
 from tasks.reporting.rank_plots import budget_bars, score_distributions, selection_map
+from tasks.runtime.progress import new_bar, progress_bar
 from tasks.runtime.workspace import CorpusPaths, db_path, reports_dir, workspace_root
 from tasks.storage import db
 
@@ -178,9 +177,9 @@ def encoder_for(corpus: str | None, encoder: str | None, workspace: str | None
 
 @task(name="score-pool-uncertainty", persist_result=False, cache_policy=NO_CACHE)
 def score_pool_uncertainty(parquet: str, pool_name: str, lm: str | None, workspace: str | None,
-                      max_new_tokens: int, gen_batch_size: int, actors: int,
-                      trust_remote_code: bool, ray_address: str | None
-                      ) -> tuple[pa.Table, dict]:
+                           max_new_tokens: int, gen_batch_size: int, actors: int,
+                           trust_remote_code: bool, ray_address: str | None
+                           ) -> tuple[pa.Table, dict]:
     """LM uncertainty of every unlabelled item: from the pool's cache where the same item
     was scored by the same LM before, with the Ray LM stage for the others."""
     from tasks.runtime.models import resolve_lm_path
@@ -193,14 +192,10 @@ def score_pool_uncertainty(parquet: str, pool_name: str, lm: str | None, workspa
     stats: dict[str, Any] = {"rows": 0, "seconds": 0.0, "items_per_s": 0.0}
 
     def compute(todo: str, n: int) -> pa.Table:
-        bar = tqdm(total=n, desc="LM uncertainty", unit="item", file=sys.stderr,
-                   dynamic_ncols=True)
-        try:
+        with progress_bar("LM uncertainty", "item", n) as bar:
             table, st = score_pool(todo, lm_path, max_new_tokens=max_new_tokens,
                                    gen_batch_size=gen_batch_size, actors=actors,
                                    progress=bar.update, ray_address=ray_address)
-        finally:
-            bar.close()
         stats.update(st)
         return table
 
@@ -218,7 +213,8 @@ def score_pool_uncertainty(parquet: str, pool_name: str, lm: str | None, workspa
 
 @task(name="embed-pool-prompts", persist_result=False, cache_policy=NO_CACHE)
 def embed_pool_prompts(parquet: str, pool_name: str, workspace: str | None, model: str | None,
-                  max_tokens: int | None, ray_address: str | None) -> tuple[pa.Table, dict]:
+                       max_tokens: int | None, ray_address: str | None
+                       ) -> tuple[pa.Table, dict]:
     """Prompt embeddings of every item (labelled ones too), cached per pool like the LM
     scores."""
     logger = get_run_logger()
@@ -226,13 +222,9 @@ def embed_pool_prompts(parquet: str, pool_name: str, workspace: str | None, mode
     stats: dict[str, Any] = {"rows": 0, "seconds": 0.0, "rows_per_s": 0.0}
 
     def compute(todo: str, n: int) -> pa.Table:
-        bar = tqdm(total=n, desc="embed prompts", unit="item", file=sys.stderr,
-                   dynamic_ncols=True)
-        try:
+        with progress_bar("embed prompts", "item", n) as bar:
             table, st = embed_pool(todo, model, max_tokens, progress=bar.update,
                                    ray_address=ray_address)
-        finally:
-            bar.close()
         stats.update(st)
         return table
 
@@ -246,14 +238,15 @@ def embed_pool_prompts(parquet: str, pool_name: str, workspace: str | None, mode
 
 
 @task(name="select-for-annotation", persist_result=False, cache_policy=NO_CACHE)
-def select_for_annotation(strategies: list[str], emb, scores, costs, groups, labeled, budget: float,
-               allocation: str, targets, uncertainty_metric: str, batch_size: int | None,
-               seed: int, knn: int, lam: float) -> dict[str, Any]:
+def select_for_annotation(strategies: list[str], emb, scores, costs, groups, labeled,
+                          budget: float, allocation: str, targets, uncertainty_metric: str,
+                          batch_size: int | None, seed: int, knn: int, lam: float
+                          ) -> dict[str, Any]:
     """Each strategy's selection under the budget (the ranking itself: pure computation
     in :func:`sift_ops.pool_strategies.rank_items`), with its time."""
     logger = get_run_logger()
     out = {}
-    for s in tqdm(strategies, desc="strategies", file=sys.stderr, dynamic_ncols=True):
+    for s in new_bar("strategies", iterable=strategies):
         t0 = time.perf_counter()
         r = rank_items(s, emb, scores, costs, groups, budget, allocation=allocation,
                        labeled=labeled, targets=targets, uncertainty_metric=uncertainty_metric,

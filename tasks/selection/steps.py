@@ -4,18 +4,17 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
 from tasks.index.search_service import SearchService
 from tasks.reporting import artifacts
 from tasks.reporting.plots import variance_curves
+from tasks.runtime.progress import progress_bar
 from tasks.runtime.retry import TRANSIENT_RETRIES
 from tasks.runtime.workspace import CorpusPaths, db_path, reports_dir
 from tasks.selection.select import (
@@ -60,10 +59,9 @@ def retrieve_and_select(workspace: str | None, name: str, rows_dir: str, run_id:
         blocks = ((q.ids, encoder.encode(q.texts)) for q in iter_query_blocks(queries, block))
     stats = {"prompts": 0, "rows": 0, "prior": 0.0, "final": 0.0, "distinct": 0.0,
              "similarity": 0.0, "n_similarity": 0, "picks": 0}
-    bar = tqdm(total=total, desc=f"select {strategy}", unit="prompt", file=sys.stderr,
-               dynamic_ncols=True)
-    with SearchService(paths, nprobe=nprobe, rerank_factor=rerank_factor,
-                       ray_address=ray_address) as service:
+    with progress_bar(f"select {strategy}", "prompt", total) as bar, \
+            SearchService(paths, nprobe=nprobe, rerank_factor=rerank_factor,
+                          ray_address=ray_address) as service:
         logger.info("search service for %s: %s", name, service.settings())
         for i, (ids, emb) in enumerate(blocks):
             res = select_block(service, emb, k=k, n=n, lam=lam, strategy=strategy,
@@ -83,7 +81,6 @@ def retrieve_and_select(workspace: str | None, name: str, rows_dir: str, run_id:
             stats["picks"] += int((picks >= 0).sum())
             bar.update(len(ids))
         settings = service.settings()
-    bar.close()
     p = max(stats["prompts"], 1)
     return {"prompts": stats["prompts"], "rows": stats["rows"],
             "mean_prior_variance": stats["prior"] / p,

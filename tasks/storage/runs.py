@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasks.runtime.locks import hold
+from tasks.runtime.workspace import db_path, lock_path
 from tasks.storage import db
 
 
@@ -52,3 +54,13 @@ def tracked_run(db_file: str | Path, run_id: str, flow: str,
                       attempt)
         raise
     db.finish_run(db_file, run_id, "completed", record.summary, attempt)
+
+
+@contextmanager
+def corpus_run(workspace: str | Path | None, corpus: str, run_id: str, flow: str,
+               params: dict[str, Any]) -> Iterator[RunRecord]:
+    """:func:`tracked_run` holding corpus ``corpus``'s lock throughout: one embed, import or
+    index run per corpus at a time; a second one fails at once with "workspace busy"."""
+    with hold(lock_path(workspace, "corpus", corpus), f"corpus {corpus!r}"), \
+            tracked_run(db_path(workspace), run_id, flow, params) as record:
+        yield record

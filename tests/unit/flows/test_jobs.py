@@ -74,6 +74,10 @@ def test_every_job_key_is_a_cli_option():
     renamed = {"strategies": "strategy"}
     missing = [k for k in CurationJob.model_fields if renamed.get(k, k) not in options]
     assert not missing, missing
+    # and the other way round: the verb passes its options on by name, so an option that
+    # is not a job key (nor --config, --job, --workspace) would be dropped silently
+    fields = {renamed.get(k, k) for k in CurationJob.model_fields}
+    assert options - fields == {"config", "job", "workspace"}
 
 
 def test_a_two_job_file_merges_defaults_and_keeps_schedules(tmp_path):
