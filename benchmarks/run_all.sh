@@ -23,7 +23,7 @@ if ! "$VENV/bin/python" -c 'import torch, faiss, activeft, apricot, sklearn' 2>/
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q torch==2.13.0
   "$VENV/bin/pip" install -q -c constraints.txt \
-    numpy faiss-cpu activeft==0.1.1 apricot-select==0.6.1 scikit-learn
+    numpy numba faiss-cpu activeft==0.1.1 apricot-select==0.6.1 scikit-learn
 fi
 
 mkdir -p "$OUT"
