@@ -12,11 +12,12 @@ The kernel releases the GIL (``nogil``), so :mod:`sift_ops.sift` runs chunks of 
 several Python threads in parallel, with no OpenMP region per step (an OpenMP barrier per
 small op stalled the torch loop whenever another process held a core).
 
-Why these loops and not ``fastmath``: the per-candidate arithmetic is the same sequence of
-IEEE operations as the torch kernel (``gain = sum_t cov^2 / (k(c,c) + lam)``, ``u = row *
-rs``, ``scale = u * rs``), so both kernels agree to the last bits except for the order in
-which the low-rank corrections of a Gram row are summed (BLAS's order vs ours).  Reassociating
-the other sums would only move near-tie picks around.
+Arithmetic: the per-candidate operations are those of the torch kernel (``gain = sum_t
+cov^2 / (k(c,c) + lam)``, ``u = row * rs``, ``scale = u * rs``).  The only fast-math
+freedom allowed is ``contract`` (a multiply and an add may fuse into one FMA, as BLAS does);
+no sum is reassociated.  So the two kernels differ only in rounding (fused operations, and
+the order in which a Gram row's low-rank corrections are summed: BLAS's vs ours), which
+changes a pick only on a float near-tie.
 """
 
 from __future__ import annotations
