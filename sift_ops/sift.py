@@ -496,6 +496,7 @@ _SUB_BLOCK = 16
 #: prompts per thread below which another thread costs more than it saves
 _MIN_PROMPTS_PER_THREAD = 8
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 _THREADS_LOCK = threading.Lock()
 
 
@@ -507,9 +508,9 @@ def _workers(b: int) -> int:
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of at least ``workers`` threads (grown when asked for more)."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers < workers:
-        old, _POOL = _POOL, ThreadPoolExecutor(workers, thread_name_prefix="sift")
+    global _POOL, _POOL_SIZE
+    if _POOL is None or _POOL_SIZE < workers:
+        old, _POOL, _POOL_SIZE = _POOL, ThreadPoolExecutor(workers, "sift"), workers
         if old is not None:
             old.shutdown(wait=False)
     return _POOL
