@@ -203,15 +203,9 @@ def _run_block(
     b, K, d = c.shape
     m = q.shape[1]
     dev, dt = c.device, c.dtype
-    ct = c.transpose(1, 2)
-    # The picks are known up front, so only their n Gram rows are needed (n/K of the Gram
-    # FLOPs).  Row i of ``gram`` is k_0(c_i*, .).
-    fpick = forced.clamp_min(0)
-    gram = torch.bmm(c.gather(1, fpick.unsqueeze(2).expand(b, n, d)), ct).view(b * n, K)
-    diag0 = c.square().sum(dim=2)
-    cov = _target_cov(q, c).contiguous()  # [b, m, K]  k_n(t, c)
-    # k_n(c, c) + lam, kept with lam folded in (one op less per step); always >= lam.
-    diag_lam = diag0 + lam  # [b, K]
+    # gram [b, n, K]: row i is k_0(c_i*, .) (only the picks' rows); cov [b, m, K] k_n(t, c);
+    # diag_lam [b, K] k_n(c, c) + lam, lam folded in (one op less per step), always >= lam.
+    gram, cov, diag_lam = _kernel_inputs(q, c, n, lam, forced)
     var = q.square().sum(dim=(1, 2))  # [b]  sum_t k_n(t, t)
     out_prior.copy_(var)
     U = torch.empty(b, n, K, device=dev, dtype=dt)  # rank-1 update vectors
@@ -224,7 +218,7 @@ def _run_block(
         pick = forced[:, i]
         stop = pick < 0
         pick = pick.clamp_min(0)  # a harmless index for rows that do not pick
-        row = gram.view(b, n, K)[:, i, :].clone()
+        row = gram[:, i, :].clone()
         # k_i(c, c*) for all c: prior Gram row minus the low-rank corrections so far.
         if i > 0:
             Ui = U[:, :i, :]
@@ -292,17 +286,16 @@ def _greedy_block(
     b, K, d = c.shape
     m = q.shape[1]
     dev, dt = c.device, c.dtype
-    ct = c.transpose(1, 2)
     # One batched matmul for the whole block: the prior Gram of the candidates (the FLOP
     # floor).  Only single rows of it are read later (it is symmetric, so a row == a
     # column and rows are contiguous); viewed flat so a row gather is one index_select.
-    gram = torch.bmm(c, ct)  # [b, K, K]
+    gram, cov0, diag_lam0 = _kernel_inputs(q, c, n, lam, None)  # [b, K, K], [b, m, K], [b, K]
     gram_rows = gram.view(b * K, K)
     # state[:, :m] = k_n(t, c) (covariance with the targets), state[:, m] = k_n(c, c) + lam
     # (lam folded in, always >= lam): one tensor so that a pick's values are one gather.
     state = torch.empty(b, m + 1, K, device=dev, dtype=dt)
-    state[:, :m] = _target_cov(q, c)
-    torch.add(gram.diagonal(dim1=1, dim2=2), lam, out=state[:, m])
+    state[:, :m] = cov0
+    state[:, m] = diag_lam0
     cov, diag_lam = state[:, :m], state[:, m]
     cov1 = state[:, 0] if m == 1 else None  # [b, K]: cheaper ops for one target
     prior = q.square().sum(dim=(1, 2))  # [b]  sum_t k(t, t)
@@ -412,8 +405,9 @@ def _compiled_block(
     """Greedy SIFT (``forced`` None) or a fixed pick order's variance path for one block on
     the CPU: Gram rows by batched matmul, steps by :func:`sift_kernel.greedy_path`.
 
-    Same shapes and results as :func:`_greedy_block` / :func:`_run_block` (picks identical
-    up to float near-ties: only the summation order of a Gram row's corrections differs).
+    Same shapes and results as :func:`_greedy_block` / :func:`_run_block`, which start from
+    the same :func:`_kernel_inputs` (picks identical up to float near-ties: only rounding
+    differs, see :mod:`sift_ops.sift_kernel`).
 
     Parallelism: the block is split into one contiguous share per torch thread, and each
     share runs on its own Python thread as a pipeline over sub-blocks of
@@ -456,9 +450,10 @@ def _compiled_block(
 def _kernel_inputs(
     q: torch.Tensor, c: torch.Tensor, n: int, lam: float, forced: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The compiled loop's inputs for prompts ``q`` ``[b, m, d]`` and candidates ``c``
-    ``[b, K, d]``: the Gram rows (all ``[b, K, K]``, or the ``[b, n, K]`` rows of a fixed
-    order ``forced``), ``k_0(t, c)`` ``[b, m, K]`` and ``k_0(c, c) + lam`` ``[b, K]``."""
+    """Every loop's inputs (compiled and torch) for prompts ``q`` ``[b, m, d]`` and
+    candidates ``c`` ``[b, K, d]``: the Gram rows (all ``[b, K, K]``, or the ``[b, n, K]``
+    rows of a fixed order ``forced``), ``k_0(t, c)`` ``[b, m, K]`` and ``k_0(c, c) + lam``
+    ``[b, K]``."""
     b, K, d = c.shape
     if forced is None:
         rows = torch.bmm(c, c.transpose(1, 2))  # [b, K, K] the prior Gram (the FLOP floor)
